@@ -1,0 +1,30 @@
+"""bnorm: batch normalisation for NumPy, in C, with PyTorch's semantics.
+
+    import numpy as np, bnorm
+    bn = bnorm.BatchNorm2d(64)
+    y = bn(x)               # training mode: batch statistics, running statistics updated
+    dx = bn.backward(dy)    # sets bn.grad_gamma, bn.grad_beta
+    bn.eval(); y = bn(x)    # running statistics
+
+See bnorm.functional for the stateless functions and bnorm.testing for the float64
+reference and the helpers for property-based tests.
+"""
+from . import functional
+from ._config import config, show_config
+from ._core import get_num_threads, set_num_threads, simd_path, supported_simd_paths
+from ._modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from ._version import __version__
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "functional",
+    "config",
+    "show_config",
+    "get_num_threads",
+    "set_num_threads",
+    "simd_path",
+    "supported_simd_paths",
+    "__version__",
+]

@@ -1,0 +1,26 @@
+"""Reporting of the build and run-time configuration."""
+import platform
+
+import numpy as np
+
+from . import _core
+from ._version import __version__
+
+
+def config() -> dict:
+    """The version, the kernels' SIMD path (and the ones this CPU supports), and the thread count."""
+    return {
+        "bnorm": __version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "simd_path": _core.simd_path(),
+        "supported_simd_paths": list(_core.supported_simd_paths()),
+        "num_threads": _core.get_num_threads(),
+    }
+
+
+def show_config() -> None:
+    """Print config(), one item a line."""
+    for key, value in config().items():
+        print(f"{key + ':':22s}{value}")

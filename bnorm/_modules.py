@@ -1,0 +1,117 @@
+"""BatchNorm1d/2d/3d: the C module type plus the conveniences simpler in Python.
+
+The type (bnorm._core._BatchNorm) holds the parameters and buffers and runs the
+kernels; these subclasses only fix the accepted input ranks and add repr and the
+PyTorch-compatible state_dict / load_state_dict.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _core
+
+_PARAMETERS = {"weight": "gamma", "bias": "beta"}
+_BUFFERS = {"running_mean": "running_mean", "running_var": "running_var"}
+
+
+def _as_numpy(value: Any, key: str) -> np.ndarray:
+    """A NumPy view of a NumPy array, a CPU tensor (without importing torch) or a number."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch.Tensor
+        value = value.detach().cpu().numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"state_dict[{key!r}]: expected real numbers, got dtype {array.dtype}")
+    return array
+
+
+class _BatchNormBase(_core._BatchNorm):
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
+            f"dtype={self.dtype.name})"
+        )
+
+    def _state_keys(self) -> dict[str, str]:
+        """PyTorch's state_dict key -> attribute, for the tensors this module has."""
+        keys = dict(_PARAMETERS) if self.affine else {}
+        if self.track_running_stats:
+            keys.update(_BUFFERS)
+        return keys
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the parameters and buffers under PyTorch's key names."""
+        state = {key: getattr(self, attr).copy() for key, attr in self._state_keys().items()}
+        if self.track_running_stats:
+            state["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
+        """Load values from a state dict of bnorm or PyTorch (NumPy arrays or CPU tensors).
+
+        Values are cast to the module's dtype, as PyTorch's load_state_dict does; shapes
+        must match. With strict=True, missing and unexpected keys raise RuntimeError.
+        """
+        expected = set(self._state_keys())
+        if self.track_running_stats:
+            expected.add("num_batches_tracked")
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: "
+                f"missing keys {missing}, unexpected keys {unexpected}"
+            )
+        arrays = {key: _as_numpy(state_dict[key], key) for key in expected & set(state_dict)}
+        for key, array in arrays.items():
+            want = () if key == "num_batches_tracked" else (self.num_features,)
+            if array.shape != want:
+                raise ValueError(f"state_dict[{key!r}]: expected shape {want}, got {array.shape}")
+        # Everything is checked before anything is assigned, so a bad dict changes nothing.
+        for key, array in arrays.items():
+            if key == "num_batches_tracked":
+                self.num_batches_tracked = int(array)
+            else:
+                setattr(self, self._state_keys()[key], array.astype(self.dtype))
+
+
+class BatchNorm1d(_BatchNormBase):
+    """Batch normalisation of (N, C) or (N, C, L) arrays, like torch.nn.BatchNorm1d.
+
+    BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
+                track_running_stats=True, dtype=np.float32)
+    """
+
+    __slots__ = ()
+    _ndim_range = (2, 3)
+
+
+class BatchNorm2d(_BatchNormBase):
+    """Batch normalisation of (N, C, H, W) arrays, like torch.nn.BatchNorm2d.
+
+    BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
+                track_running_stats=True, dtype=np.float32)
+
+    momentum is the weight of the *new* batch in the running statistics (PyTorch's
+    convention; Keras and Flax call 0.99 the weight of the old value); None gives a
+    cumulative average. Call the module (or forward) on an array, then backward(dy)
+    for the input gradient; grad_gamma and grad_beta hold the parameter gradients.
+    """
+
+    __slots__ = ()
+    _ndim_range = (4, 4)
+
+
+class BatchNorm3d(_BatchNormBase):
+    """Batch normalisation of (N, C, D, H, W) arrays, like torch.nn.BatchNorm3d.
+
+    BatchNorm3d(num_features, eps=1e-5, momentum=0.1, affine=True,
+                track_running_stats=True, dtype=np.float32)
+    """
+
+    __slots__ = ()
+    _ndim_range = (5, 5)

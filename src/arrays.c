@@ -1,0 +1,188 @@
+/* Conversions and checks of NumPy arguments, shared by the module type and the
+ * functional layer, so that both word their errors the same way. */
+#include "binding.h"
+
+static const char *typenum_name(int typenum) { return typenum == NPY_FLOAT ? "float32" : "float64"; }
+
+int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
+{
+    if (typenum == NPY_FLOAT) {
+        *dtype = BN_FLOAT32;
+        return 0;
+    }
+    if (typenum == NPY_DOUBLE) {
+        *dtype = BN_FLOAT64;
+        return 0;
+    }
+    return -1;
+}
+
+PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
+{
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    PyArray_Descr *descr = PyArray_DESCR(arr);
+    int actual = descr->type_num;
+    bn_dtype unused;
+    if (bn_dtype_from_typenum(actual, &unused) < 0) {
+        if (typenum < 0)
+            PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 array, got dtype %S", name,
+                         (PyObject *)descr);
+        else
+            PyErr_Format(PyExc_TypeError,
+                         "%s: expected a %s array, got dtype %S; convert with %s.astype(np.%s)", name,
+                         typenum_name(typenum), (PyObject *)descr, name, typenum_name(typenum));
+        return NULL;
+    }
+    if (typenum >= 0 && actual != typenum) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: expected %s input, got %s; convert with %s.astype(np.%s)",
+                     name, typenum_name(typenum), typenum_name(actual), name, typenum_name(typenum));
+        return NULL;
+    }
+    /* FromArray makes a copy only for a strided, unaligned or byte-swapped input. */
+    PyArray_Descr *native = PyArray_DescrFromType(actual);
+    return (PyArrayObject *)PyArray_FromArray(arr, native, NPY_ARRAY_IN_ARRAY);
+}
+
+static PyObject *shape_tuple(PyArrayObject *x)
+{
+    return PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
+}
+
+int bn_check_layout(PyArrayObject *x, int min_ndim, int max_ndim, npy_intp channels)
+{
+    const int ndim = PyArray_NDIM(x);
+    if (ndim < min_ndim || (max_ndim >= 0 && ndim > max_ndim)) {
+        if (max_ndim < 0)
+            PyErr_Format(PyExc_ValueError, "expected at least %dD input (got %dD input)", min_ndim, ndim);
+        else if (min_ndim == max_ndim)
+            PyErr_Format(PyExc_ValueError, "expected %dD input (got %dD input)", min_ndim, ndim);
+        else
+            PyErr_Format(PyExc_ValueError, "expected %dD or %dD input (got %dD input)", min_ndim, max_ndim,
+                         ndim);
+        return -1;
+    }
+    if (channels >= 0 && PyArray_DIM(x, 1) != channels) {
+        PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd", (Py_ssize_t)channels,
+                     (Py_ssize_t)PyArray_DIM(x, 1));
+        return -1;
+    }
+    return 0;
+}
+
+int bn_check_batch_size(PyArrayObject *x)
+{
+    const bn_dims d = bn_dims_of(x);
+    if (d.n * d.s != 1)
+        return 0;
+    PyObject *shape = shape_tuple(x);
+    if (shape != NULL) {
+        PyErr_Format(PyExc_ValueError, "Expected more than 1 value per channel when training, got input size %R",
+                     shape);
+        Py_DECREF(shape);
+    }
+    return -1;
+}
+
+bn_dims bn_dims_of(PyArrayObject *x)
+{
+    bn_dims d = {PyArray_DIM(x, 0), PyArray_DIM(x, 1), 1};
+    for (int i = 2; i < PyArray_NDIM(x); i++)
+        d.s *= PyArray_DIM(x, i);
+    return d;
+}
+
+PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *name)
+{
+    const int typenum = PyArray_TYPE(like);
+    if (out == NULL || out == Py_None)
+        return (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(like), PyArray_SHAPE(like), typenum, 0);
+    if (!PyArray_Check(out)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray or None, got %s", name, Py_TYPE(out)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *arr = (PyArrayObject *)out;
+    if (PyArray_TYPE(arr) != typenum || !PyArray_ISNOTSWAPPED(arr)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a native %s array, got dtype %S", name, typenum_name(typenum),
+                     (PyObject *)PyArray_DESCR(arr));
+        return NULL;
+    }
+    if (!PyArray_SAMESHAPE(arr, like)) {
+        PyObject *want = shape_tuple(like), *got = shape_tuple(arr);
+        if (want != NULL && got != NULL)
+            PyErr_Format(PyExc_ValueError, "%s: expected shape %R, got %R", name, want, got);
+        Py_XDECREF(want);
+        Py_XDECREF(got);
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous, aligned array", name);
+        return NULL;
+    }
+    if (PyArray_FailUnlessWriteable(arr, name) < 0)
+        return NULL;
+    Py_INCREF(arr);
+    return arr;
+}
+
+bn_memory_relation bn_relate_memory(PyArrayObject *a, PyArrayObject *b)
+{
+    const char *a0 = PyArray_BYTES(a), *b0 = PyArray_BYTES(b);
+    const char *a1 = a0 + PyArray_NBYTES(a), *b1 = b0 + PyArray_NBYTES(b);
+    if (a1 <= b0 || b1 <= a0)
+        return BN_DISJOINT;
+    return (a0 == b0 && a1 == b1) ? BN_SAME_MEMORY : BN_PARTIAL_OVERLAP;
+}
+
+int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *name, int in_place,
+                   PyArrayObject **result)
+{
+    *result = NULL;
+    if (obj == NULL || obj == Py_None)
+        return 0;
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray of shape (%zd,) and dtype %s, got %s", name,
+                     (Py_ssize_t)channels, typenum_name(typenum), Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    PyArrayObject *arr = (PyArrayObject *)obj;
+    if (PyArray_TYPE(arr) != typenum) {
+        PyErr_Format(PyExc_TypeError, "%s: expected dtype %s, got %S", name, typenum_name(typenum),
+                     (PyObject *)PyArray_DESCR(arr));
+        return -1;
+    }
+    if (PyArray_NDIM(arr) != 1 || PyArray_DIM(arr, 0) != channels) {
+        PyObject *got = shape_tuple(arr);
+        if (got != NULL)
+            PyErr_Format(PyExc_ValueError, "%s: expected shape (%zd,), got %R", name, (Py_ssize_t)channels, got);
+        Py_XDECREF(got);
+        return -1;
+    }
+    if (in_place) {
+        if (!PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr) || !PyArray_ISNOTSWAPPED(arr)) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: is updated in place, so it must be a contiguous, aligned, native-byte-order array",
+                         name);
+            return -1;
+        }
+        if (PyArray_FailUnlessWriteable(arr, name) < 0)
+            return -1;
+        Py_INCREF(arr);
+        *result = arr;
+        return 0;
+    }
+    *result = (PyArrayObject *)PyArray_FromArray(arr, PyArray_DescrFromType(typenum), NPY_ARRAY_IN_ARRAY);
+    return *result == NULL ? -1 : 0;
+}
+
+int bn_raise_status(bn_status status)
+{
+    if (status == BN_OK)
+        return 0;
+    PyErr_NoMemory();
+    return -1;
+}

@@ -1,0 +1,553 @@
+/*
+ * The batch-norm module type: parameters, running statistics and what backward
+ * needs from the last forward. bnorm.BatchNorm1d/2d/3d are thin Python subclasses
+ * that set `_ndim_range`, the accepted input ranks.
+ *
+ * Thread safety: every method that reads or writes the object's state holds the
+ * object's lock; kernels run with the GIL released but the lock held, so calls on
+ * one module are serialised and calls on different modules run in parallel. The
+ * lock is always waited for with the GIL released, so it cannot deadlock with it.
+ */
+#include <math.h>
+#include <stddef.h>
+
+#include "binding.h"
+#include <structmember.h>
+
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    int typenum;
+    bn_dtype dtype;
+    int min_ndim, max_ndim;
+    Py_ssize_t num_features;
+    double eps;
+    double momentum; /* NAN means None: cumulative moving average */
+    int affine, track_running_stats, training;
+    long long num_batches_tracked;
+    PyArrayObject *gamma, *beta, *running_mean, *running_var; /* NULL when absent */
+    PyArrayObject *grad_gamma, *grad_beta;                    /* NULL before backward */
+    /* What backward needs from the last forward: its (contiguous) input, whether it
+     * normalised with batch statistics, and the mean and invstd it used. */
+    PyArrayObject *saved_input;
+    int saved_batch_stats;
+    int saved_input_overwritten;
+    double *stats; /* 3 * num_features: mean, invstd, batch variance */
+} BatchNormObject;
+
+static double *saved_mean(BatchNormObject *self) { return self->stats; }
+static double *saved_invstd(BatchNormObject *self) { return self->stats + self->num_features; }
+static double *batch_var(BatchNormObject *self) { return self->stats + 2 * self->num_features; }
+
+static void lock_module(BatchNormObject *self)
+{
+    if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
+        Py_BEGIN_ALLOW_THREADS
+        PyThread_acquire_lock(self->lock, WAIT_LOCK);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static void unlock_module(BatchNormObject *self) { PyThread_release_lock(self->lock); }
+
+/* ---- construction ---- */
+
+static int read_ndim_range(PyTypeObject *type, int *min_ndim, int *max_ndim)
+{
+    PyObject *range = PyObject_GetAttrString((PyObject *)type, "_ndim_range");
+    if (range == NULL || !PyArg_ParseTuple(range, "ii", min_ndim, max_ndim)) {
+        Py_XDECREF(range);
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s cannot be instantiated directly; use bnorm.BatchNorm1d, "
+                     "bnorm.BatchNorm2d or bnorm.BatchNorm3d", type->tp_name);
+        return -1;
+    }
+    Py_DECREF(range);
+    return 0;
+}
+
+static int parse_momentum(PyObject *obj, double *momentum)
+{
+    if (obj == Py_None) {
+        *momentum = NAN;
+        return 0;
+    }
+    double m = PyFloat_AsDouble(obj);
+    if (m == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(m >= 0.0 && m <= 1.0)) {
+        PyErr_Format(PyExc_ValueError, "momentum must be None or in [0, 1], got %R", obj);
+        return -1;
+    }
+    *momentum = m;
+    return 0;
+}
+
+static PyArrayObject *filled_vector(int typenum, npy_intp length, double value)
+{
+    PyArrayObject *arr = (PyArrayObject *)PyArray_EMPTY(1, &length, typenum, 0);
+    if (arr == NULL)
+        return NULL;
+    PyObject *scalar = PyFloat_FromDouble(value);
+    int status = scalar == NULL ? -1 : PyArray_FillWithScalar(arr, scalar);
+    Py_XDECREF(scalar);
+    if (status < 0)
+        Py_CLEAR(arr);
+    return arr;
+}
+
+static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"num_features", "eps", "momentum", "affine", "track_running_stats", "dtype", NULL};
+    Py_ssize_t num_features;
+    double eps = 1e-5;
+    PyObject *momentum_obj = NULL;
+    int affine = 1, track = 1;
+    PyArray_Descr *descr = NULL;
+    int min_ndim, max_ndim;
+    if (read_ndim_range(type, &min_ndim, &max_ndim) < 0)
+        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|dOppO&:BatchNorm", kwlist, &num_features, &eps,
+                                     &momentum_obj, &affine, &track, PyArray_DescrConverter2, &descr))
+        return NULL;
+    BatchNormObject *self = NULL;
+    double momentum = 0.1;
+    if (num_features <= 0) {
+        PyErr_Format(PyExc_ValueError, "num_features must be a positive integer, got %zd", num_features);
+        goto fail;
+    }
+    if (!(eps > 0.0) || !isfinite(eps)) {
+        PyObject *given = PyFloat_FromDouble(eps);
+        if (given != NULL)
+            PyErr_Format(PyExc_ValueError, "eps must be a positive finite number, got %R", given);
+        Py_XDECREF(given);
+        goto fail;
+    }
+    if (momentum_obj != NULL && parse_momentum(momentum_obj, &momentum) < 0)
+        goto fail;
+    int typenum = descr == NULL ? NPY_FLOAT : descr->type_num;
+    bn_dtype dtype;
+    if (bn_dtype_from_typenum(typenum, &dtype) < 0) {
+        PyErr_Format(PyExc_TypeError, "dtype must be float32 or float64, got %S", (PyObject *)descr);
+        goto fail;
+    }
+    self = (BatchNormObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        goto fail;
+    self->lock = PyThread_allocate_lock();
+    self->stats = PyMem_Calloc(3 * (size_t)num_features, sizeof(double));
+    if (self->lock == NULL || self->stats == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    self->typenum = typenum;
+    self->dtype = dtype;
+    self->min_ndim = min_ndim;
+    self->max_ndim = max_ndim;
+    self->num_features = num_features;
+    self->eps = eps;
+    self->momentum = momentum;
+    self->affine = affine;
+    self->track_running_stats = track;
+    self->training = 1;
+    if (affine && ((self->gamma = filled_vector(typenum, num_features, 1.0)) == NULL ||
+                   (self->beta = filled_vector(typenum, num_features, 0.0)) == NULL))
+        goto fail;
+    if (track && ((self->running_mean = filled_vector(typenum, num_features, 0.0)) == NULL ||
+                  (self->running_var = filled_vector(typenum, num_features, 1.0)) == NULL))
+        goto fail;
+    Py_XDECREF(descr);
+    return (PyObject *)self;
+fail:
+    Py_XDECREF(descr);
+    Py_XDECREF(self);
+    return NULL;
+}
+
+static int BatchNorm_traverse(BatchNormObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->saved_input);
+    return 0;
+}
+
+static int BatchNorm_clear(BatchNormObject *self)
+{
+    Py_CLEAR(self->gamma);
+    Py_CLEAR(self->beta);
+    Py_CLEAR(self->running_mean);
+    Py_CLEAR(self->running_var);
+    Py_CLEAR(self->grad_gamma);
+    Py_CLEAR(self->grad_beta);
+    Py_CLEAR(self->saved_input);
+    return 0;
+}
+
+static void BatchNorm_dealloc(BatchNormObject *self)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    BatchNorm_clear(self);
+    if (self->lock != NULL)
+        PyThread_free_lock(self->lock);
+    PyMem_Free(self->stats);
+    type->tp_free((PyObject *)self);
+    Py_DECREF(type);
+}
+
+/* ---- forward ---- */
+
+static bn_status run_forward(BatchNormObject *self, PyArrayObject *x, PyArrayObject *y, int batch_stats)
+{
+    const bn_dims dims = bn_dims_of(x);
+    const void *gamma = self->gamma ? PyArray_DATA(self->gamma) : NULL;
+    const void *beta = self->beta ? PyArray_DATA(self->beta) : NULL;
+    if (!batch_stats) {
+        bn_stats_from_running(self->dtype, dims.c, PyArray_DATA(self->running_mean),
+                              PyArray_DATA(self->running_var), self->eps, saved_mean(self), saved_invstd(self));
+        return bn_forward_eval(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, saved_mean(self),
+                               saved_invstd(self));
+    }
+    bn_status status = bn_forward_train(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, self->eps,
+                                        saved_mean(self), batch_var(self), saved_invstd(self));
+    if (status != BN_OK || !self->training || !self->track_running_stats)
+        return status;
+    /* PyTorch counts a batch even when it is empty, but leaves the statistics. */
+    self->num_batches_tracked++;
+    const int64_t count = dims.n * dims.s;
+    if (count > 0) {
+        double m = isnan(self->momentum) ? 1.0 / (double)self->num_batches_tracked : self->momentum;
+        bn_update_running(self->dtype, dims.c, PyArray_DATA(self->running_mean), PyArray_DATA(self->running_var),
+                          saved_mean(self), batch_var(self), count, m);
+    }
+    return status;
+}
+
+static PyObject *BatchNorm_forward(BatchNormObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"", "out", NULL};
+    PyObject *x_obj, *out_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:forward", kwlist, &x_obj, &out_obj))
+        return NULL;
+    PyArrayObject *x = bn_input_array(x_obj, self->typenum, "x");
+    if (x == NULL)
+        return NULL;
+    PyArrayObject *y = NULL, *previous_input = NULL;
+    if (bn_check_layout(x, self->min_ndim, self->max_ndim, self->num_features) < 0)
+        goto done;
+    y = bn_output_array(out_obj, x, "out");
+    if (y == NULL)
+        goto done;
+    bn_memory_relation relation = bn_relate_memory(x, y);
+
+    lock_module(self);
+    const int batch_stats = self->training || !self->track_running_stats;
+    if (batch_stats && bn_check_batch_size(x) < 0)
+        goto unlock;
+    if (relation == BN_PARTIAL_OVERLAP || (relation == BN_SAME_MEMORY && self->training)) {
+        PyErr_SetString(PyExc_ValueError, relation == BN_PARTIAL_OVERLAP
+                        ? "out: must be the input itself or not overlap it"
+                        : "out: cannot be the input in training mode, since backward needs the input");
+        goto unlock;
+    }
+    bn_status status;
+    BN_WITHOUT_GIL(status, run_forward(self, x, y, batch_stats));
+    previous_input = self->saved_input;
+    if (bn_raise_status(status) < 0) {
+        self->saved_input = NULL;
+        goto unlock;
+    }
+    Py_INCREF(x);
+    self->saved_input = x;
+    self->saved_batch_stats = batch_stats;
+    self->saved_input_overwritten = relation == BN_SAME_MEMORY;
+    unlock_module(self);
+    Py_XDECREF(previous_input);
+    Py_DECREF(x);
+    return (PyObject *)y;
+unlock:
+    unlock_module(self);
+    Py_XDECREF(previous_input);
+done:
+    Py_DECREF(x);
+    Py_XDECREF(y);
+    return NULL;
+}
+
+/* ---- backward ---- */
+
+static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"", "out", NULL};
+    PyObject *dy_obj, *out_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:backward", kwlist, &dy_obj, &out_obj))
+        return NULL;
+    PyArrayObject *dy = bn_input_array(dy_obj, self->typenum, "dy");
+    if (dy == NULL)
+        return NULL;
+    PyArrayObject *dx = NULL, *dgamma = NULL, *dbeta = NULL;
+    lock_module(self);
+    PyArrayObject *x = self->saved_input;
+    if (x == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "backward() called before forward(): there is no input to differentiate");
+        goto fail;
+    }
+    if (self->saved_input_overwritten) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "backward() needs the last forward's input, which that forward overwrote (out=x)");
+        goto fail;
+    }
+    if (!PyArray_SAMESHAPE(dy, x)) {
+        PyObject *want = PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
+        PyObject *got = PyArray_IntTupleFromIntp(PyArray_NDIM(dy), PyArray_SHAPE(dy));
+        if (want != NULL && got != NULL)
+            PyErr_Format(PyExc_ValueError, "dy: expected shape %R (the last forward's input), got %R", want, got);
+        Py_XDECREF(want);
+        Py_XDECREF(got);
+        goto fail;
+    }
+    dx = bn_output_array(out_obj, x, "out");
+    if (dx == NULL)
+        goto fail;
+    if (bn_relate_memory(dx, x) != BN_DISJOINT || bn_relate_memory(dx, dy) == BN_PARTIAL_OVERLAP) {
+        PyErr_SetString(PyExc_ValueError, "out: must not overlap the forward's input; it may be dy itself");
+        goto fail;
+    }
+    if (self->affine) {
+        npy_intp c = self->num_features;
+        dgamma = (PyArrayObject *)PyArray_EMPTY(1, &c, self->typenum, 0);
+        dbeta = (PyArrayObject *)PyArray_EMPTY(1, &c, self->typenum, 0);
+        if (dgamma == NULL || dbeta == NULL)
+            goto fail;
+    }
+    bn_status status;
+    BN_WITHOUT_GIL(status, bn_backward(self->dtype, bn_dims_of(x), PyArray_DATA(x), PyArray_DATA(dy),
+                                       PyArray_DATA(dx), self->gamma ? PyArray_DATA(self->gamma) : NULL,
+                                       saved_mean(self), saved_invstd(self), self->saved_batch_stats,
+                                       dgamma ? PyArray_DATA(dgamma) : NULL, dbeta ? PyArray_DATA(dbeta) : NULL));
+    if (bn_raise_status(status) < 0)
+        goto fail;
+    /* swap in the new gradients; the old ones are released outside the lock */
+    PyArrayObject *old_gamma = self->grad_gamma, *old_beta = self->grad_beta;
+    self->grad_gamma = dgamma;
+    self->grad_beta = dbeta;
+    unlock_module(self);
+    Py_XDECREF(old_gamma);
+    Py_XDECREF(old_beta);
+    Py_DECREF(dy);
+    return (PyObject *)dx;
+fail:
+    unlock_module(self);
+    Py_DECREF(dy);
+    Py_XDECREF(dx);
+    Py_XDECREF(dgamma);
+    Py_XDECREF(dbeta);
+    return NULL;
+}
+
+/* ---- mode ---- */
+
+static PyObject *BatchNorm_train(BatchNormObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"mode", NULL};
+    int mode = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:train", kwlist, &mode))
+        return NULL;
+    lock_module(self);
+    self->training = mode;
+    unlock_module(self);
+    return Py_NewRef(self);
+}
+
+static PyObject *BatchNorm_eval(BatchNormObject *self, PyObject *Py_UNUSED(ignored))
+{
+    lock_module(self);
+    self->training = 0;
+    unlock_module(self);
+    return Py_NewRef(self);
+}
+
+/* ---- attributes ---- */
+
+/* Offsets of the four per-channel arrays, passed as the getset closure. */
+#define ARRAY_SLOT(field) ((void *)offsetof(BatchNormObject, field))
+
+static PyArrayObject **array_slot(BatchNormObject *self, void *closure)
+{
+    return (PyArrayObject **)((char *)self + (size_t)closure);
+}
+
+static PyObject *get_array(BatchNormObject *self, void *closure)
+{
+    PyArrayObject *arr = *array_slot(self, closure);
+    return arr == NULL ? Py_NewRef(Py_None) : Py_NewRef((PyObject *)arr);
+}
+
+static const char *array_name(void *closure)
+{
+    if (closure == ARRAY_SLOT(gamma))
+        return "gamma";
+    if (closure == ARRAY_SLOT(beta))
+        return "beta";
+    return closure == ARRAY_SLOT(running_mean) ? "running_mean" : "running_var";
+}
+
+/* Assignment copies the values into the module's own array, so views that users
+ * hold of it stay valid and the kernels never see a foreign layout. */
+static int set_array(BatchNormObject *self, PyObject *value, void *closure)
+{
+    const char *name = array_name(closure);
+    PyArrayObject *target = *array_slot(self, closure);
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+        return -1;
+    }
+    if (target == NULL) {
+        PyErr_Format(PyExc_AttributeError, "cannot set %s: the module was built with %s", name,
+                     self->affine ? "track_running_stats=False" : "affine=False");
+        return -1;
+    }
+    PyArrayObject *source;
+    if (bn_param_array(value, self->typenum, self->num_features, name, 0, &source) < 0)
+        return -1;
+    if (source == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got None", name);
+        return -1;
+    }
+    lock_module(self);
+    int status = PyArray_CopyInto(target, source);
+    unlock_module(self);
+    Py_DECREF(source);
+    return status;
+}
+
+static PyObject *get_num_batches_tracked(BatchNormObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(self->num_batches_tracked);
+}
+
+static int set_num_batches_tracked(BatchNormObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete num_batches_tracked");
+        return -1;
+    }
+    if (!PyLong_Check(value) && !PyIndex_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "num_batches_tracked: expected an int, got %s", Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    long long n = PyLong_AsLongLong(value);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "num_batches_tracked must be >= 0, got %lld", n);
+        return -1;
+    }
+    lock_module(self);
+    self->num_batches_tracked = n;
+    unlock_module(self);
+    return 0;
+}
+
+static PyObject *get_training(BatchNormObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->training);
+}
+
+static int set_training(BatchNormObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete training");
+        return -1;
+    }
+    int mode = PyObject_IsTrue(value);
+    if (mode < 0)
+        return -1;
+    lock_module(self);
+    self->training = mode;
+    unlock_module(self);
+    return 0;
+}
+
+static PyObject *get_momentum(BatchNormObject *self, void *Py_UNUSED(closure))
+{
+    return isnan(self->momentum) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->momentum);
+}
+
+static PyObject *get_dtype(BatchNormObject *self, void *Py_UNUSED(closure))
+{
+    return (PyObject *)PyArray_DescrFromType(self->typenum);
+}
+
+static PyGetSetDef BatchNorm_getset[] = {
+    {"gamma", (getter)get_array, (setter)set_array,
+     "Scale per channel (PyTorch's weight), shape (C,); None when affine=False. Modify in place or assign an "
+     "array of the module's dtype.", ARRAY_SLOT(gamma)},
+    {"beta", (getter)get_array, (setter)set_array,
+     "Shift per channel (PyTorch's bias), shape (C,); None when affine=False.", ARRAY_SLOT(beta)},
+    {"running_mean", (getter)get_array, (setter)set_array,
+     "Running mean per channel; None when track_running_stats=False.", ARRAY_SLOT(running_mean)},
+    {"running_var", (getter)get_array, (setter)set_array,
+     "Running unbiased variance per channel; None when track_running_stats=False.", ARRAY_SLOT(running_var)},
+    {"grad_gamma", (getter)get_array, NULL, "Gradient of gamma from the last backward(); None before it.",
+     ARRAY_SLOT(grad_gamma)},
+    {"grad_beta", (getter)get_array, NULL, "Gradient of beta from the last backward(); None before it.",
+     ARRAY_SLOT(grad_beta)},
+    {"num_batches_tracked", (getter)get_num_batches_tracked, (setter)set_num_batches_tracked,
+     "Training batches seen (counts only with track_running_stats=True).", NULL},
+    {"training", (getter)get_training, (setter)set_training, "True in training mode.", NULL},
+    {"momentum", (getter)get_momentum, NULL,
+     "Weight of the new batch in the running statistics; None means a cumulative average.", NULL},
+    {"dtype", (getter)get_dtype, NULL, "dtype of inputs, outputs, parameters and buffers.", NULL},
+    {NULL},
+};
+
+static PyMemberDef BatchNorm_members[] = {
+    {"num_features", T_PYSSIZET, offsetof(BatchNormObject, num_features), READONLY, "Number of channels C."},
+    {"eps", T_DOUBLE, offsetof(BatchNormObject, eps), READONLY, "Added to the variance before the square root."},
+    {"affine", T_BOOL, offsetof(BatchNormObject, affine), READONLY, "Whether gamma and beta exist."},
+    {"track_running_stats", T_BOOL, offsetof(BatchNormObject, track_running_stats), READONLY,
+     "Whether running statistics are kept and used in eval mode."},
+    {NULL},
+};
+
+static PyMethodDef BatchNorm_methods[] = {
+    {"forward", (PyCFunction)(void (*)(void))BatchNorm_forward, METH_VARARGS | METH_KEYWORDS,
+     "forward($self, x, /, out=None)\n--\n\n"
+     "Normalise x of shape (N, C, *spatial) and return y (a new C-contiguous array, or `out`).\n\n"
+     "In training mode (or with track_running_stats=False) uses the batch's statistics and, when tracking,\n"
+     "updates running_mean, running_var and num_batches_tracked; in eval mode uses the running statistics.\n"
+     "The module keeps a reference to x for backward(): changing x in place before backward() changes\n"
+     "the gradient. `out` must be C-contiguous with x's shape and dtype; in eval mode it may be x itself."},
+    {"backward", (PyCFunction)(void (*)(void))BatchNorm_backward, METH_VARARGS | METH_KEYWORDS,
+     "backward($self, dy, /, out=None)\n--\n\n"
+     "Gradient of the loss w.r.t. the last forward's input, given dy (the gradient w.r.t. its output).\n\n"
+     "Sets grad_gamma and grad_beta. After a forward with batch statistics the gradient flows through the\n"
+     "mean and variance; after an eval-mode forward the running statistics are constants, as in PyTorch."},
+    {"train", (PyCFunction)(void (*)(void))BatchNorm_train, METH_VARARGS | METH_KEYWORDS,
+     "train($self, /, mode=True)\n--\n\nSet training mode (or eval mode with mode=False); returns the module."},
+    {"eval", (PyCFunction)BatchNorm_eval, METH_NOARGS,
+     "eval($self, /)\n--\n\nSet eval mode (use the running statistics); returns the module."},
+    {NULL},
+};
+
+static PyType_Slot BatchNorm_slots[] = {
+    {Py_tp_doc, "Batch normalisation over the channel axis of (N, C, *spatial) arrays, with PyTorch's semantics.\n\n"
+                "Use the subclasses bnorm.BatchNorm1d, bnorm.BatchNorm2d and bnorm.BatchNorm3d."},
+    {Py_tp_new, BatchNorm_new},
+    {Py_tp_dealloc, BatchNorm_dealloc},
+    {Py_tp_traverse, BatchNorm_traverse},
+    {Py_tp_clear, BatchNorm_clear},
+    {Py_tp_call, BatchNorm_forward},
+    {Py_tp_methods, BatchNorm_methods},
+    {Py_tp_members, BatchNorm_members},
+    {Py_tp_getset, BatchNorm_getset},
+    {0, NULL},
+};
+
+PyType_Spec bn_batchnorm_spec = {
+    .name = "bnorm._core._BatchNorm",
+    .basicsize = sizeof(BatchNormObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .slots = BatchNorm_slots,
+};

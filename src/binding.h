@@ -1,0 +1,70 @@
+/*
+ * Shared declarations of the binding layer: the files that know Python and NumPy.
+ * module.c defines BN_MODULE_MAIN before including this, so it owns the NumPy C-API
+ * table; the other binding files import it through PY_ARRAY_UNIQUE_SYMBOL.
+ */
+#ifndef BN_BINDING_H
+#define BN_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define PY_ARRAY_UNIQUE_SYMBOL bnorm_ARRAY_API
+#ifndef BN_MODULE_MAIN
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "bn_kernels.h"
+
+/* ---- arrays.c: argument checks with messages that say what was expected ---- */
+
+/* The kernel dtype of a NumPy type number; -1 if it is neither float32 nor float64. */
+int bn_dtype_from_typenum(int typenum, bn_dtype *dtype);
+
+/* `obj` as an aligned, C-contiguous, native-byte-order array of type `typenum` (a
+ * new reference; a copy only when the layout needs one). `typenum` < 0 accepts
+ * float32 and float64. Raises TypeError for anything else. */
+PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name);
+
+/* Checks ndim is in [min_ndim, max_ndim] (max_ndim < 0: no upper bound) and the
+ * channel axis has `channels` entries (channels < 0: any). Raises ValueError. */
+int bn_check_layout(PyArrayObject *x, int min_ndim, int max_ndim, npy_intp channels);
+
+/* Rejects training-mode statistics over fewer than two values, as PyTorch does. */
+int bn_check_batch_size(PyArrayObject *x);
+
+/* (N, C, S) of a checked input. */
+bn_dims bn_dims_of(PyArrayObject *x);
+
+/* `out` (None: a new array) as the output for an input shaped like `like`: a new
+ * reference to a writeable, aligned, C-contiguous array of the same shape and type. */
+PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *name);
+
+/* How the memory of two C-contiguous arrays relates. */
+typedef enum { BN_DISJOINT, BN_SAME_MEMORY, BN_PARTIAL_OVERLAP } bn_memory_relation;
+bn_memory_relation bn_relate_memory(PyArrayObject *a, PyArrayObject *b);
+
+/* A per-channel parameter: None gives NULL (no error); otherwise an ndarray of
+ * shape (channels,) and type `typenum`. With `in_place`, it must also be writeable
+ * and contiguous, since it is updated where it is; else a contiguous copy may be made. */
+int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *name, int in_place,
+                   PyArrayObject **result);
+
+/* ---- batchnorm_type.c ---- */
+extern PyType_Spec bn_batchnorm_spec;
+
+/* ---- functional.c ---- */
+extern PyMethodDef bn_functional_methods[];
+
+/* Runs `call` with the GIL released; a kernel status becomes a Python exception. */
+#define BN_WITHOUT_GIL(status, call) \
+    do {                             \
+        Py_BEGIN_ALLOW_THREADS       \
+        (status) = (call);           \
+        Py_END_ALLOW_THREADS         \
+    } while (0)
+
+int bn_raise_status(bn_status status);
+
+#endif

@@ -1,0 +1,47 @@
+/*
+ * One instruction-set level of the block loops. Each bn_block_<level>.c defines
+ * BN_LEVEL and includes this file; setup.py compiles it with that level's -m flags.
+ * The template is instantiated for float and double and collected into a table.
+ */
+#include "bn_block_ops.h"
+
+#define BN_LANES 16
+
+/* Pairwise sum of the lane accumulators in a fixed order. */
+static inline double bn_combine_lanes(const double acc[BN_LANES])
+{
+    double half[BN_LANES / 2];
+    for (int j = 0; j < BN_LANES / 2; j++)
+        half[j] = acc[j] + acc[j + BN_LANES / 2];
+    double quarter[BN_LANES / 4];
+    for (int j = 0; j < BN_LANES / 4; j++)
+        quarter[j] = half[j] + half[j + BN_LANES / 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+#define BN_PASTE3(a, b, c) a##_##b##_##c
+#define BN_EXPAND3(a, b, c) BN_PASTE3(a, b, c)
+
+#define BN_T float
+#define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
+#include "bn_block_template.h"
+#undef BN_T
+#undef BN_NAME
+
+#define BN_T double
+#define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
+#include "bn_block_template.h"
+#undef BN_T
+#undef BN_NAME
+
+#define BN_TABLE_ENTRY(suffix)                                                          \
+    {                                                                                   \
+        BN_EXPAND3(sum, suffix, BN_LEVEL), BN_EXPAND3(centered, suffix, BN_LEVEL),      \
+            BN_EXPAND3(affine, suffix, BN_LEVEL), BN_EXPAND3(grad_sums, suffix, BN_LEVEL), \
+            BN_EXPAND3(grad_input, suffix, BN_LEVEL)                                    \
+    }
+
+#define BN_PASTE_TABLE(level) bn_ops_##level
+#define BN_TABLE_NAME(level) BN_PASTE_TABLE(level)
+
+const bn_block_ops BN_TABLE_NAME(BN_LEVEL)[2] = {BN_TABLE_ENTRY(f32), BN_TABLE_ENTRY(f64)};

@@ -1,0 +1,37 @@
+/*
+ * Inner loops over one block of a channel: `rows` rows of `width` contiguous
+ * elements, row r starting `stride` elements after row r - 1. Outputs use the same
+ * offsets as inputs. One table per dtype and per instruction-set level; the tables
+ * are built from one source (bn_block_template.h) compiled once per level, and
+ * bn_dispatch.c picks the level at import.
+ */
+#ifndef BN_BLOCK_OPS_H
+#define BN_BLOCK_OPS_H
+
+#include <stdint.h>
+
+typedef struct {
+    /* sum of x */
+    double (*sum)(const void *x, int64_t rows, int64_t width, int64_t stride);
+    /* sum of (x - mean) and of (x - mean)^2 */
+    void (*centered)(const void *x, int64_t rows, int64_t width, int64_t stride, double mean,
+                     double *sum_d, double *sum_d2);
+    /* y = (x - mean) * scale + shift */
+    void (*affine)(const void *x, void *y, int64_t rows, int64_t width, int64_t stride,
+                   double mean, double scale, double shift);
+    /* sum of dy and of dy * (x - mean) */
+    void (*grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
+                      double mean, double *sum_dy, double *sum_dy_xmu);
+    /* dx = k_dy * dy + k_xmu * (x - mean) + k_const */
+    void (*grad_input)(const void *x, const void *dy, void *dx, int64_t rows, int64_t width,
+                       int64_t stride, double mean, double k_dy, double k_xmu, double k_const);
+} bn_block_ops;
+
+/* Index by bn_dtype. */
+extern const bn_block_ops bn_ops_baseline[2];
+#if defined(BN_HAVE_X86_LEVELS)
+extern const bn_block_ops bn_ops_avx2[2];
+extern const bn_block_ops bn_ops_avx512[2];
+#endif
+
+#endif

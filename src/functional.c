@@ -1,0 +1,187 @@
+/*
+ * The functional layer: batch_norm and batch_norm_backward on plain arrays, the
+ * same kernels as the module type without any state. Mirrors
+ * torch.nn.functional.batch_norm, and returns the statistics backward needs.
+ */
+#include <math.h>
+
+#include "binding.h"
+
+static PyArrayObject *new_stats_vector(npy_intp channels)
+{
+    return (PyArrayObject *)PyArray_EMPTY(1, &channels, NPY_DOUBLE, 0);
+}
+
+static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "running_mean", "running_var", "weight", "bias", "training",
+                             "momentum", "eps", "out", NULL};
+    PyObject *x_obj, *rm_obj = Py_None, *rv_obj = Py_None, *w_obj = Py_None, *b_obj = Py_None, *out_obj = Py_None;
+    int training = 0;
+    double momentum = 0.1, eps = 1e-5;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOpddO:batch_norm", kwlist, &x_obj, &rm_obj, &rv_obj,
+                                     &w_obj, &b_obj, &training, &momentum, &eps, &out_obj))
+        return NULL;
+    if (!(eps > 0.0 && eps < INFINITY)) {
+        PyErr_SetString(PyExc_ValueError, "eps must be a positive finite number");
+        return NULL;
+    }
+    if (!(momentum >= 0.0 && momentum <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "momentum must be in [0, 1]");
+        return NULL;
+    }
+    PyArrayObject *x = bn_input_array(x_obj, -1, "x");
+    if (x == NULL)
+        return NULL;
+    PyArrayObject *rm = NULL, *rv = NULL, *weight = NULL, *bias = NULL, *y = NULL, *mean = NULL, *invstd = NULL,
+                  *var = NULL;
+    PyObject *result = NULL;
+    if (bn_check_layout(x, 2, -1, -1) < 0)
+        goto done;
+    const int typenum = PyArray_TYPE(x);
+    const npy_intp channels = PyArray_DIM(x, 1);
+    if (bn_param_array(rm_obj, typenum, channels, "running_mean", 1, &rm) < 0 ||
+        bn_param_array(rv_obj, typenum, channels, "running_var", 1, &rv) < 0 ||
+        bn_param_array(w_obj, typenum, channels, "weight", 0, &weight) < 0 ||
+        bn_param_array(b_obj, typenum, channels, "bias", 0, &bias) < 0)
+        goto done;
+    if ((rm == NULL) != (rv == NULL)) {
+        PyErr_SetString(PyExc_ValueError, "running_mean and running_var must be given together");
+        goto done;
+    }
+    const int batch_stats = training || rm == NULL;
+    if (batch_stats && bn_check_batch_size(x) < 0)
+        goto done;
+    if ((y = bn_output_array(out_obj, x, "out")) == NULL)
+        goto done;
+    if (bn_relate_memory(x, y) == BN_PARTIAL_OVERLAP) {
+        PyErr_SetString(PyExc_ValueError, "out: must be x itself or not overlap it");
+        goto done;
+    }
+    if ((mean = new_stats_vector(channels)) == NULL || (invstd = new_stats_vector(channels)) == NULL ||
+        (var = new_stats_vector(channels)) == NULL)
+        goto done;
+    bn_dtype dtype;
+    bn_dtype_from_typenum(typenum, &dtype);
+    const bn_dims dims = bn_dims_of(x);
+    const void *w = weight ? PyArray_DATA(weight) : NULL, *b = bias ? PyArray_DATA(bias) : NULL;
+    double *mean_p = PyArray_DATA(mean), *invstd_p = PyArray_DATA(invstd), *var_p = PyArray_DATA(var);
+    bn_status status = BN_OK;
+    Py_BEGIN_ALLOW_THREADS
+    if (batch_stats) {
+        status = bn_forward_train(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, eps, mean_p, var_p, invstd_p);
+        if (status == BN_OK && training && rm != NULL && dims.n * dims.s > 0)
+            bn_update_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), mean_p, var_p, dims.n * dims.s,
+                              momentum);
+    } else {
+        bn_stats_from_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), eps, mean_p, invstd_p);
+        status = bn_forward_eval(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, mean_p, invstd_p);
+    }
+    Py_END_ALLOW_THREADS
+    if (bn_raise_status(status) == 0)
+        result = PyTuple_Pack(3, y, mean, invstd);
+done:
+    Py_DECREF(x);
+    Py_XDECREF(rm);
+    Py_XDECREF(rv);
+    Py_XDECREF(weight);
+    Py_XDECREF(bias);
+    Py_XDECREF(y);
+    Py_XDECREF(mean);
+    Py_XDECREF(invstd);
+    Py_XDECREF(var);
+    return result;
+}
+
+/* save_mean / save_invstd: any array-like of C numbers, used as float64. */
+static PyArrayObject *stats_vector(PyObject *obj, npy_intp channels, const char *name)
+{
+    PyArrayObject *arr = (PyArrayObject *)PyArray_FROMANY(obj, NPY_DOUBLE, 1, 1, NPY_ARRAY_IN_ARRAY);
+    if (arr == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: expected a 1-d float array of length %zd (from batch_norm), got %s", name,
+                     (Py_ssize_t)channels, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    if (PyArray_DIM(arr, 0) != channels) {
+        PyErr_Format(PyExc_ValueError, "%s: expected length %zd, got %zd", name, (Py_ssize_t)channels,
+                     (Py_ssize_t)PyArray_DIM(arr, 0));
+        Py_DECREF(arr);
+        return NULL;
+    }
+    return arr;
+}
+
+static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"dy", "x", "save_mean", "save_invstd", "weight", "training", "out", NULL};
+    PyObject *dy_obj, *x_obj, *mean_obj, *invstd_obj, *w_obj = Py_None, *out_obj = Py_None;
+    int training = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OpO:batch_norm_backward", kwlist, &dy_obj, &x_obj,
+                                     &mean_obj, &invstd_obj, &w_obj, &training, &out_obj))
+        return NULL;
+    PyArrayObject *x = bn_input_array(x_obj, -1, "x");
+    if (x == NULL)
+        return NULL;
+    PyArrayObject *dy = NULL, *mean = NULL, *invstd = NULL, *weight = NULL, *dx = NULL, *dweight = NULL,
+                  *dbias = NULL;
+    PyObject *result = NULL;
+    if (bn_check_layout(x, 2, -1, -1) < 0)
+        goto done;
+    const int typenum = PyArray_TYPE(x);
+    const npy_intp channels = PyArray_DIM(x, 1);
+    if ((dy = bn_input_array(dy_obj, typenum, "dy")) == NULL)
+        goto done;
+    if (!PyArray_SAMESHAPE(dy, x)) {
+        PyErr_SetString(PyExc_ValueError, "dy: expected the shape of x");
+        goto done;
+    }
+    if ((mean = stats_vector(mean_obj, channels, "save_mean")) == NULL ||
+        (invstd = stats_vector(invstd_obj, channels, "save_invstd")) == NULL ||
+        bn_param_array(w_obj, typenum, channels, "weight", 0, &weight) < 0)
+        goto done;
+    if ((dx = bn_output_array(out_obj, x, "out")) == NULL)
+        goto done;
+    if (bn_relate_memory(dx, x) != BN_DISJOINT || bn_relate_memory(dx, dy) == BN_PARTIAL_OVERLAP) {
+        PyErr_SetString(PyExc_ValueError, "out: must not overlap x; it may be dy itself");
+        goto done;
+    }
+    if ((dweight = (PyArrayObject *)PyArray_EMPTY(1, &channels, typenum, 0)) == NULL ||
+        (dbias = (PyArrayObject *)PyArray_EMPTY(1, &channels, typenum, 0)) == NULL)
+        goto done;
+    bn_dtype dtype;
+    bn_dtype_from_typenum(typenum, &dtype);
+    bn_status status;
+    BN_WITHOUT_GIL(status, bn_backward(dtype, bn_dims_of(x), PyArray_DATA(x), PyArray_DATA(dy), PyArray_DATA(dx),
+                                       weight ? PyArray_DATA(weight) : NULL, PyArray_DATA(mean),
+                                       PyArray_DATA(invstd), training, PyArray_DATA(dweight),
+                                       PyArray_DATA(dbias)));
+    if (bn_raise_status(status) == 0)
+        result = PyTuple_Pack(3, dx, dweight, dbias);
+done:
+    Py_DECREF(x);
+    Py_XDECREF(dy);
+    Py_XDECREF(mean);
+    Py_XDECREF(invstd);
+    Py_XDECREF(weight);
+    Py_XDECREF(dx);
+    Py_XDECREF(dweight);
+    Py_XDECREF(dbias);
+    return result;
+}
+
+PyMethodDef bn_functional_methods[] = {
+    {"batch_norm", (PyCFunction)(void (*)(void))batch_norm, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1, "
+     "eps=1e-05, out=None)\n--\n\n"
+     "Batch normalisation of x (N, C, *spatial) over all axes but 1; returns (y, save_mean, save_invstd).\n\n"
+     "Uses the batch's statistics when training=True or when no running statistics are given, else the\n"
+     "running ones. When training with running statistics, updates them in place (momentum is the weight of\n"
+     "the new batch; the variance stored is unbiased). save_mean and save_invstd are float64 arrays of\n"
+     "shape (C,), the statistics actually used, for batch_norm_backward."},
+    {"batch_norm_backward", (PyCFunction)(void (*)(void))batch_norm_backward, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, training=True, out=None)\n--\n\n"
+     "Gradients (dx, dweight, dbias) of batch_norm given dy. training=True: save_mean and save_invstd are x's\n"
+     "batch statistics and the gradient flows through them; training=False: they are constants (eval mode)."},
+    {NULL},
+};
