@@ -5,7 +5,38 @@
  */
 #include "bn_block_ops.h"
 
+#include <stdint.h>
+#include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #define BN_LANES 16
+#define BN_LINE_BYTES 64
+
+/* Writes one 64-byte-aligned cache line without reading it into the cache first. */
+static inline void bn_stream_line(void *dst, const void *line)
+{
+#if defined(__AVX512F__)
+    _mm512_stream_si512(dst, _mm512_loadu_si512(line));
+#elif defined(__AVX__)
+    for (int k = 0; k < 2; k++)
+        _mm256_stream_si256((__m256i *)dst + k, _mm256_loadu_si256((const __m256i *)line + k));
+#elif defined(__SSE2__)
+    for (int k = 0; k < 4; k++)
+        _mm_stream_si128((__m128i *)dst + k, _mm_loadu_si128((const __m128i *)line + k));
+#else
+    memcpy(dst, line, BN_LINE_BYTES);
+#endif
+}
+
+/* Streaming stores are weakly ordered: fence them before other threads read. */
+static inline void bn_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
 
 /* Pairwise sum of the lane accumulators in a fixed order. */
 static inline double bn_combine_lanes(const double acc[BN_LANES])
@@ -37,8 +68,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_TABLE_ENTRY(suffix)                                                          \
     {                                                                                   \
         BN_EXPAND3(sum, suffix, BN_LEVEL), BN_EXPAND3(centered, suffix, BN_LEVEL),      \
-            BN_EXPAND3(affine, suffix, BN_LEVEL), BN_EXPAND3(grad_sums, suffix, BN_LEVEL), \
-            BN_EXPAND3(grad_input, suffix, BN_LEVEL)                                    \
+            BN_EXPAND3(grad_sums, suffix, BN_LEVEL), BN_EXPAND3(linear, suffix, BN_LEVEL)  \
     }
 
 #define BN_PASTE_TABLE(level) bn_ops_##level

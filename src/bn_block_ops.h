@@ -16,15 +16,13 @@ typedef struct {
     /* sum of (x - mean) and of (x - mean)^2 */
     void (*centered)(const void *x, int64_t rows, int64_t width, int64_t stride, double mean,
                      double *sum_d, double *sum_d2);
-    /* y = (x - mean) * scale + shift */
-    void (*affine)(const void *x, void *y, int64_t rows, int64_t width, int64_t stride,
-                   double mean, double scale, double shift);
     /* sum of dy and of dy * (x - mean) */
     void (*grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
                       double mean, double *sum_dy, double *sum_dy_xmu);
-    /* dx = k_dy * dy + k_xmu * (x - mean) + k_const */
-    void (*grad_input)(const void *x, const void *dy, void *dx, int64_t rows, int64_t width,
-                       int64_t stride, double mean, double k_dy, double k_xmu, double k_const);
+    /* out = k_xmu * (x - mean) + k_const + k_dy * dy (dy may be NULL: no such term).
+     * stream: write whole cache lines with non-temporal stores. */
+    void (*linear)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
+                   double mean, double k_dy, double k_xmu, double k_const, int stream);
 } bn_block_ops;
 
 /* Index by bn_dtype. */

@@ -50,19 +50,6 @@ static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64
     *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
 }
 
-static void BN_NAME(affine)(const void *xv, void *yv, int64_t rows, int64_t width, int64_t stride,
-                            double mean, double scale, double shift)
-{
-    const BN_T *x = xv;
-    BN_T *y = yv;
-    for (int64_t r = 0; r < rows; r++) {
-        const BN_T *xr = x + r * stride;
-        BN_T *yr = y + r * stride;
-        for (int64_t i = 0; i < width; i++)
-            yr[i] = (BN_T)(((double)xr[i] - mean) * scale + shift);
-    }
-}
-
 static void BN_NAME(grad_sums)(const void *xv, const void *dyv, int64_t rows, int64_t width,
                                int64_t stride, double mean, double *sum_dy, double *sum_dy_xmu)
 {
@@ -88,16 +75,52 @@ static void BN_NAME(grad_sums)(const void *xv, const void *dyv, int64_t rows, in
     *sum_dy_xmu = bn_combine_lanes(acc_gx) + tail_gx;
 }
 
-static void BN_NAME(grad_input)(const void *xv, const void *dyv, void *dxv, int64_t rows,
-                                int64_t width, int64_t stride, double mean, double k_dy,
-                                double k_xmu, double k_const)
+/* out = k_xmu * (x - mean) + k_const (+ k_dy * dy when with_dy): the forward
+ * transform (k_xmu = gamma * invstd, k_const = beta) and the input gradient share it. */
+static inline BN_T BN_NAME(linear_at)(const BN_T *x, const BN_T *dy, int64_t i, int with_dy, double mean,
+                                      double k_dy, double k_xmu, double k_const)
+{
+    double value = k_xmu * ((double)x[i] - mean) + k_const;
+    if (with_dy)
+        value += k_dy * (double)dy[i];
+    return (BN_T)value;
+}
+
+/* One output row in three parts: elements up to the first cache-line boundary,
+ * whole lines (streamed past the cache when `stream` is set: an output much larger
+ * than the cache would otherwise evict the input still to be read, and cost a read
+ * of each line before it is written), and the rest. */
+static inline void BN_NAME(linear_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width, int with_dy,
+                                       int stream, double mean, double k_dy, double k_xmu, double k_const)
+{
+    enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T) };
+    int64_t i = 0;
+    if (stream) {
+        for (; i < width && (uintptr_t)(out + i) % BN_LINE_BYTES != 0; i++)
+            out[i] = BN_NAME(linear_at)(x, dy, i, with_dy, mean, k_dy, k_xmu, k_const);
+        for (; i + PER_LINE <= width; i += PER_LINE) {
+            BN_T line[PER_LINE];
+            for (int l = 0; l < PER_LINE; l++)
+                line[l] = BN_NAME(linear_at)(x, dy, i + l, with_dy, mean, k_dy, k_xmu, k_const);
+            bn_stream_line(out + i, line);
+        }
+    }
+    for (; i < width; i++)
+        out[i] = BN_NAME(linear_at)(x, dy, i, with_dy, mean, k_dy, k_xmu, k_const);
+}
+
+static void BN_NAME(linear)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t width,
+                            int64_t stride, double mean, double k_dy, double k_xmu, double k_const, int stream)
 {
     const BN_T *x = xv, *dy = dyv;
-    BN_T *dx = dxv;
+    BN_T *out = outv;
     for (int64_t r = 0; r < rows; r++) {
-        const BN_T *xr = x + r * stride, *gr = dy + r * stride;
-        BN_T *dr = dx + r * stride;
-        for (int64_t i = 0; i < width; i++)
-            dr[i] = (BN_T)(k_dy * (double)gr[i] + k_xmu * ((double)xr[i] - mean) + k_const);
+        const int64_t at = r * stride;
+        if (dy != NULL)
+            BN_NAME(linear_row)(x + at, dy + at, out + at, width, 1, stream, mean, k_dy, k_xmu, k_const);
+        else
+            BN_NAME(linear_row)(x + at, NULL, out + at, width, 0, stream, mean, k_dy, k_xmu, k_const);
     }
+    if (stream)
+        bn_stream_fence();
 }

@@ -29,6 +29,9 @@
 #define BN_BLOCK_ELEMS 16384
 /* By-channel scheduling when there are at least this many channels per thread. */
 #define BN_CHANNELS_PER_THREAD 4
+/* Outputs at least this large are written past the cache: they are far larger
+ * than the caches, and the input still to be read should stay there. */
+#define BN_STREAM_MIN_BYTES (16 << 20)
 /* Doubles of partial results per block. */
 #define BN_PARTIALS 3
 
@@ -61,6 +64,7 @@ struct bn_job {
     double *mean, *var, *invstd;
     int batch_stats;
     void *dgamma, *dbeta;
+    int stream; /* write the output with non-temporal stores */
 };
 
 static size_t elem_size(bn_dtype dtype) { return dtype == BN_FLOAT32 ? sizeof(float) : sizeof(double); }
@@ -86,6 +90,7 @@ static double load_or(bn_dtype dtype, const void *p, int64_t i, double fallback)
 static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
 {
     *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims};
+    job->stream = dims.n * dims.c * dims.s * (int64_t)elem_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.n == 0 || dims.s == 0)
         return;
     if (dims.s >= BN_BLOCK_ELEMS) {
@@ -182,6 +187,14 @@ static bn_status run_job(bn_job *job)
     return BN_OK;
 }
 
+/* Forward coefficients: y = gamma * invstd * (x - mean) + beta. */
+static void set_affine_coef(bn_job *job, int64_t c)
+{
+    job->coef[3 * c] = 0.0;
+    job->coef[3 * c + 1] = load_or(job->dtype, job->gamma, c, 1.0) * job->invstd[c];
+    job->coef[3 * c + 2] = load_or(job->dtype, job->beta, c, 0.0);
+}
+
 /* ---- training forward ---------------------------------------------------------- */
 
 /* Two passes over a cached block: the mean, then the centred sum of squares, with
@@ -219,16 +232,17 @@ static void reduce_moments(bn_job *job, int64_t c)
     job->mean[c] = mean;
     job->var[c] = var;
     job->invstd[c] = invstd;
-    job->coef[3 * c] = load_or(job->dtype, job->gamma, c, 1.0) * invstd;
-    job->coef[3 * c + 1] = load_or(job->dtype, job->beta, c, 0.0);
+    set_affine_coef(job, c);
 }
 
-static void apply_affine(bn_job *job, int64_t c, int64_t b)
+/* out = k_xmu * (x - mean) + k_const + k_dy * dy with the channel's coefficients. */
+static void apply_linear(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, c, &blk);
-    job->ops->affine(job->x + off, job->out + off, blk.rows, blk.width, job->dims.c * job->dims.s,
-                     job->mean[c], job->coef[3 * c], job->coef[3 * c + 1]);
+    const double *k = job->coef + 3 * c;
+    job->ops->linear(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, blk.width,
+                     job->dims.c * job->dims.s, job->mean[c], k[0], k[1], k[2], job->stream);
 }
 
 bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
@@ -243,7 +257,7 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
     }
     job.gather = gather_moments;
     job.reduce = reduce_moments;
-    job.apply = apply_affine;
+    job.apply = apply_linear;
     job.x = x;
     job.out = y;
     job.gamma = gamma;
@@ -257,11 +271,6 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
 
 /* ---- forward with given statistics -------------------------------------------- */
 
-static void coef_from_stats(bn_job *job, int64_t c)
-{
-    job->coef[3 * c] = load_or(job->dtype, job->gamma, c, 1.0) * job->invstd[c];
-    job->coef[3 * c + 1] = load_or(job->dtype, job->beta, c, 0.0);
-}
 
 bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
                           const void *beta, const double *mean, const double *invstd)
@@ -270,8 +279,8 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
     init_job(&job, dtype, dims);
     if (job.blocks_per_channel == 0)
         return BN_OK;
-    job.reduce = coef_from_stats;
-    job.apply = apply_affine;
+    job.reduce = set_affine_coef;
+    job.apply = apply_linear;
     job.x = x;
     job.out = y;
     job.gamma = gamma;
@@ -315,15 +324,6 @@ static void reduce_grad(bn_job *job, int64_t c)
     job->coef[3 * c + 2] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
 }
 
-static void apply_grad_input(bn_job *job, int64_t c, int64_t b)
-{
-    const bn_block blk = block_at(job, b);
-    const int64_t off = block_bytes(job, c, &blk);
-    const double *k = job->coef + 3 * c;
-    job->ops->grad_input(job->x + off, job->dy + off, job->out + off, blk.rows, blk.width,
-                         job->dims.c * job->dims.s, job->mean[c], k[0], k[1], k[2]);
-}
-
 bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
                       const void *gamma, const double *mean, const double *invstd, int batch_stats,
                       void *dgamma, void *dbeta)
@@ -341,7 +341,7 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
     }
     job.gather = gather_grad_sums;
     job.reduce = reduce_grad;
-    job.apply = apply_grad_input;
+    job.apply = apply_linear;
     job.x = x;
     job.dy = dy;
     job.out = dx;
