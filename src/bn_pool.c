@@ -21,6 +21,7 @@ typedef struct {
     int nworkers;        /* worker threads currently alive */
     int stopping;
     uint64_t generation; /* bumped for each job */
+    uint64_t start_generation; /* the generation when the current workers started */
     int running;         /* workers still inside the current job */
     bn_task_fn fn;
     void *ctx;
@@ -50,7 +51,9 @@ static void *worker_main(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&pool.lock);
-    uint64_t seen = pool.generation;
+    /* Not pool.generation: a job posted before this thread first ran must not be
+     * mistaken for one already seen. */
+    uint64_t seen = pool.start_generation;
     for (;;) {
         while (pool.generation == seen && !pool.stopping)
             pthread_cond_wait(&pool.wake, &pool.lock);
@@ -89,9 +92,10 @@ static int start_workers(void)
     if (pool.nworkers == want)
         return 0;
     stop_workers();
-    pool.threads = calloc((size_t)want, sizeof(pthread_t));
+    pool.threads = calloc((size_t)want + 1, sizeof(pthread_t));
     if (pool.threads == NULL)
         return -1;
+    pool.start_generation = pool.generation;
     for (int i = 0; i < want; i++) {
         if (pthread_create(&pool.threads[i], NULL, worker_main, NULL) != 0)
             return -1;

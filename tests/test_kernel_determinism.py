@@ -1,0 +1,153 @@
+"""Kernel scheduling: thread counts, SIMD paths, the two schedules, streaming stores.
+
+The kernels promise the same bits for every thread count and every SIMD path (block
+boundaries and merge orders depend only on the shape; no FMA contraction). These
+tests hold them to it, and check each path against the float64 reference.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bnorm
+from bnorm import _core
+from bnorm.testing import reference
+
+# Shapes chosen to cover both schedules and both block kinds; each is large enough
+# for the thread pool to be used (the pool runs jobs under 65536 elements inline).
+SHAPES = {
+    "few channels, long rows split into blocks": (3, 2, 150, 150),   # S = 22500 > block
+    "few channels, whole-row blocks": (40, 3, 33, 31),
+    "many channels (by-channel schedule)": (16, 40, 12, 11),
+    "one channel": (2, 1, 200, 190),
+}
+
+
+def make_params(channels, dtype):
+    rng = np.random.default_rng(1)
+    return rng.uniform(0.5, 2.0, channels).astype(dtype), rng.uniform(-1.0, 1.0, channels).astype(dtype)
+
+
+def run_training_step(x, dy, dtype):
+    """Training forward, backward, then an eval forward and backward."""
+    bn = bnorm.BatchNorm2d(x.shape[1], dtype=dtype)
+    bn.gamma[...], bn.beta[...] = make_params(x.shape[1], dtype)
+    results = [bn(x), bn.backward(dy), bn.grad_gamma, bn.grad_beta, bn.running_mean, bn.running_var]
+    bn.eval()
+    results += [bn(x), bn.backward(dy), bn.grad_gamma]
+    return [np.array(r, copy=True) for r in results]
+
+
+@pytest.fixture
+def restore_config():
+    threads, path = bnorm.get_num_threads(), bnorm.simd_path()
+    yield
+    bnorm.set_num_threads(threads)
+    _core._select_simd_path(path)
+
+
+def make_problem(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * rng.uniform(0.1, 10.0, (1, shape[1], 1, 1)) + 50.0).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, dy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_bit_identical_for_every_thread_count(shape, dtype, restore_config):
+    x, dy = make_problem(shape, dtype)
+    bnorm.set_num_threads(1)
+    expected = run_training_step(x, dy, dtype)
+    for threads in (2, 3, 8):
+        bnorm.set_num_threads(threads)
+        for got, want in zip(run_training_step(x, dy, dtype), expected):
+            assert got.tobytes() == want.tobytes(), f"{threads} threads differ from 1 thread"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_every_simd_path_gives_the_same_bits_and_the_reference(shape, dtype, restore_config):
+    x, dy = make_problem(shape, dtype)
+    paths = _core.supported_simd_paths()
+    assert paths[0] == "baseline"
+    outputs = {}
+    for path in paths:
+        _core._select_simd_path(path)
+        assert bnorm.simd_path() == path
+        outputs[path] = run_training_step(x, dy, dtype)
+    gamma, beta = make_params(shape[1], dtype)
+    y_ref = reference.forward(x, gamma, beta)
+    # The rounding of x itself is amplified by |x| / std (the offset of 50 over the
+    # smallest channel scale), then scaled by gamma: a few roundings of that size.
+    std = np.sqrt(reference.batch_stats(x)[1])
+    tol = 8 * np.finfo(dtype).eps * (np.abs(x).max() / std.min() * np.abs(gamma).max() + np.abs(beta).max())
+    for path, results in outputs.items():
+        assert np.abs(results[0] - y_ref).max() <= tol, path
+        for got, want in zip(results, outputs["baseline"]):
+            assert got.tobytes() == want.tobytes(), f"{path} differs from baseline"
+
+
+def test_streamed_output_matches_the_reference():
+    # Over 16 MiB of output: whole cache lines are written with non-temporal stores.
+    # Rows of 509 floats are not multiples of a cache line, so the unaligned head and
+    # tail of each row take the ordinary path.
+    x, dy = make_problem((4, 5, 509, 509), np.float32)
+    assert x.nbytes >= 16 << 20
+    bn = bnorm.BatchNorm2d(5)
+    y = bn(x)
+    dx = bn.backward(dy)
+    np.testing.assert_allclose(y, reference.forward(x), rtol=0, atol=8 * np.finfo(np.float32).eps * 6)
+    dx_ref = reference.backward(dy, x)[0]
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max())
+
+
+def run_python(code, **env):
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("path", _core.supported_simd_paths())
+def test_bnorm_simd_forces_a_path(path):
+    result = run_python("import bnorm; print(bnorm.simd_path())", BNORM_SIMD=path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == path
+
+
+def test_bnorm_simd_unknown_value_warns_and_keeps_the_best_path():
+    result = run_python("import warnings, bnorm; print(bnorm.simd_path())", BNORM_SIMD="sse9")
+    assert result.returncode == 0, result.stderr
+    assert "unknown SIMD path sse9" in result.stderr
+    assert result.stdout.strip() == _core.supported_simd_paths()[-1]
+
+
+def test_bnorm_num_threads_sets_the_default():
+    result = run_python("import bnorm; print(bnorm.get_num_threads())", BNORM_NUM_THREADS="3")
+    assert result.stdout.strip() == "3", result.stderr
+    result = run_python("import bnorm; print(bnorm.get_num_threads())", BNORM_NUM_THREADS="many")
+    assert "BNORM_NUM_THREADS=many" in result.stderr
+    assert result.stdout.strip() == str(len(os.sched_getaffinity(0)))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 5000])
+def test_set_num_threads_rejects_out_of_range(bad):
+    with pytest.raises(ValueError, match=r"expected an integer in \[1, 1024\], got " + str(bad)):
+        bnorm.set_num_threads(bad)
+
+
+def test_forked_child_runs_a_forward(restore_config):
+    # The parent's pool has live workers; the child inherits none of them and must
+    # start its own, not wait forever for the parent's.
+    bnorm.set_num_threads(2)
+    x, _ = make_problem((4, 2, 150, 150), np.float32)
+    expected = bnorm.BatchNorm2d(2)(x)
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the forward ran and matched
+        try:
+            os._exit(0 if np.array_equal(bnorm.BatchNorm2d(2)(x), expected) else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
