@@ -2,6 +2,11 @@
  * functional layer, so that both word their errors the same way. */
 #include "binding.h"
 
+static PyObject *shape_tuple(PyArrayObject *x)
+{
+    return PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
+}
+
 static const char *typenum_name(int typenum) { return typenum == NPY_FLOAT ? "float32" : "float64"; }
 
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
@@ -43,15 +48,60 @@ PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
                      name, typenum_name(typenum), typenum_name(actual), name, typenum_name(typenum));
         return NULL;
     }
+    if (PyArray_ISALIGNED(arr) && PyArray_ISNOTSWAPPED(arr) && bn_is_channels_last(arr))
+        return (PyArrayObject *)Py_NewRef(obj);
     /* FromArray makes a copy only for a strided, unaligned or byte-swapped input. */
     PyArray_Descr *native = PyArray_DescrFromType(actual);
     return (PyArrayObject *)PyArray_FromArray(arr, native, NPY_ARRAY_IN_ARRAY);
 }
 
-static PyObject *shape_tuple(PyArrayObject *x)
+int bn_is_channels_last(PyArrayObject *a)
 {
-    return PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
+    const int ndim = PyArray_NDIM(a);
+    if (ndim < 3 || PyArray_IS_C_CONTIGUOUS(a))
+        return 0;
+    /* axis 1 varies fastest, then the spatial axes from the last, then axis 0;
+     * axes of length 1 may have any stride, as in NumPy's own contiguity test */
+    npy_intp expected = PyArray_ITEMSIZE(a);
+    const npy_intp *shape = PyArray_SHAPE(a), *strides = PyArray_STRIDES(a);
+    int order[NPY_MAXDIMS];
+    order[0] = 1;
+    for (int k = 1; k < ndim - 1; k++)
+        order[k] = ndim - k;
+    order[ndim - 1] = 0;
+    for (int k = 0; k < ndim; k++) {
+        const int axis = order[k];
+        if (shape[axis] != 1 && strides[axis] != expected)
+            return 0;
+        expected *= shape[axis];
+    }
+    return 1;
 }
+
+PyArrayObject *bn_input_like(PyObject *obj, PyArrayObject *like, const char *name)
+{
+    PyArrayObject *arr = bn_input_array(obj, PyArray_TYPE(like), name);
+    if (arr == NULL)
+        return NULL;
+    if (!PyArray_SAMESHAPE(arr, like)) {
+        PyObject *want = shape_tuple(like), *got = shape_tuple(arr);
+        if (want != NULL && got != NULL)
+            PyErr_Format(PyExc_ValueError, "%s: expected shape %R (the shape of the forward's input), got %R", name, want, got);
+        Py_XDECREF(want);
+        Py_XDECREF(got);
+        Py_DECREF(arr);
+        return NULL;
+    }
+    if (bn_is_channels_last(arr) == bn_is_channels_last(like))
+        return arr;
+    /* the kernels read both in one layout: copy into the layout of `like` */
+    PyArrayObject *copy = bn_output_array(Py_None, like, name);
+    if (copy != NULL && PyArray_CopyInto(copy, arr) < 0)
+        Py_CLEAR(copy);
+    Py_DECREF(arr);
+    return copy;
+}
+
 
 int bn_check_layout(PyArrayObject *x, int min_ndim, int max_ndim, npy_intp channels)
 {
@@ -90,17 +140,42 @@ int bn_check_batch_size(PyArrayObject *x)
 
 bn_dims bn_dims_of(PyArrayObject *x)
 {
-    bn_dims d = {PyArray_DIM(x, 0), PyArray_DIM(x, 1), 1};
+    bn_dims d = {PyArray_DIM(x, 0), PyArray_DIM(x, 1), 1, bn_is_channels_last(x)};
     for (int i = 2; i < PyArray_NDIM(x); i++)
         d.s *= PyArray_DIM(x, i);
     return d;
 }
 
+/* A new array shaped like `like` (N, C, *spatial) whose memory is (N, *spatial, C). */
+static PyArrayObject *new_channels_last(PyArrayObject *like)
+{
+    const int ndim = PyArray_NDIM(like);
+    npy_intp memory_shape[NPY_MAXDIMS];
+    npy_intp axes[NPY_MAXDIMS];
+    memory_shape[0] = PyArray_DIM(like, 0);
+    for (int k = 2; k < ndim; k++)
+        memory_shape[k - 1] = PyArray_DIM(like, k);
+    memory_shape[ndim - 1] = PyArray_DIM(like, 1);
+    axes[0] = 0;
+    axes[1] = ndim - 1;
+    for (int k = 2; k < ndim; k++)
+        axes[k] = k - 1;
+    PyArrayObject *memory = (PyArrayObject *)PyArray_EMPTY(ndim, memory_shape, PyArray_TYPE(like), 0);
+    if (memory == NULL)
+        return NULL;
+    PyArray_Dims permutation = {axes, ndim};
+    PyArrayObject *view = (PyArrayObject *)PyArray_Transpose(memory, &permutation);
+    Py_DECREF(memory);
+    return view;
+}
+
 PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *name)
 {
     const int typenum = PyArray_TYPE(like);
+    const int channels_last = bn_is_channels_last(like);
     if (out == NULL || out == Py_None)
-        return (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(like), PyArray_SHAPE(like), typenum, 0);
+        return channels_last ? new_channels_last(like) : (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(like),
+                                                                                         PyArray_SHAPE(like), typenum, 0);
     if (!PyArray_Check(out)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray or None, got %s", name, Py_TYPE(out)->tp_name);
         return NULL;
@@ -119,8 +194,9 @@ PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *n
         Py_XDECREF(got);
         return NULL;
     }
-    if (!PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr)) {
-        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous, aligned array", name);
+    if (!(channels_last ? bn_is_channels_last(arr) : PyArray_IS_C_CONTIGUOUS(arr)) || !PyArray_ISALIGNED(arr)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an aligned array in the memory layout of the input (%s)", name,
+                     channels_last ? "channels-last" : "C-contiguous");
         return NULL;
     }
     if (PyArray_FailUnlessWriteable(arr, name) < 0)

@@ -282,10 +282,7 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     PyObject *dy_obj, *out_obj = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:backward", kwlist, &dy_obj, &out_obj))
         return NULL;
-    PyArrayObject *dy = bn_input_array(dy_obj, self->typenum, "dy");
-    if (dy == NULL)
-        return NULL;
-    PyArrayObject *dx = NULL, *dgamma = NULL, *dbeta = NULL;
+    PyArrayObject *dy = NULL, *dx = NULL, *dgamma = NULL, *dbeta = NULL;
     lock_module(self);
     PyArrayObject *x = self->saved_input;
     if (x == NULL) {
@@ -297,15 +294,8 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
                         "backward() needs the last forward's input, which that forward overwrote (out=x)");
         goto fail;
     }
-    if (!PyArray_SAMESHAPE(dy, x)) {
-        PyObject *want = PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
-        PyObject *got = PyArray_IntTupleFromIntp(PyArray_NDIM(dy), PyArray_SHAPE(dy));
-        if (want != NULL && got != NULL)
-            PyErr_Format(PyExc_ValueError, "dy: expected shape %R (the last forward's input), got %R", want, got);
-        Py_XDECREF(want);
-        Py_XDECREF(got);
+    if ((dy = bn_input_like(dy_obj, x, "dy")) == NULL)
         goto fail;
-    }
     dx = bn_output_array(out_obj, x, "out");
     if (dx == NULL)
         goto fail;
@@ -338,7 +328,7 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     return (PyObject *)dx;
 fail:
     unlock_module(self);
-    Py_DECREF(dy);
+    Py_XDECREF(dy);
     Py_XDECREF(dx);
     Py_XDECREF(dgamma);
     Py_XDECREF(dbeta);

@@ -22,10 +22,19 @@
 /* The kernel dtype of a NumPy type number; -1 if it is neither float32 nor float64. */
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype);
 
-/* `obj` as an aligned, C-contiguous, native-byte-order array of type `typenum` (a
- * new reference; a copy only when the layout needs one). `typenum` < 0 accepts
+/* `obj` as an aligned, native-byte-order array of type `typenum` whose memory is
+ * C-contiguous or channels-last (a new reference; a C-contiguous copy when the
+ * input is neither). `typenum` < 0 accepts
  * float32 and float64. Raises TypeError for anything else. */
 PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name);
+
+/* Whether the memory of an (N, C, *spatial) array is (N, *spatial, C) in C order
+ * (PyTorch's channels_last), and not also plain C-contiguous. */
+int bn_is_channels_last(PyArrayObject *a);
+
+/* `obj` (dy) checked against `like` (x): same type and shape, and in the memory
+ * layout of `like` (copied into it if needed). */
+PyArrayObject *bn_input_like(PyObject *obj, PyArrayObject *like, const char *name);
 
 /* Checks ndim is in [min_ndim, max_ndim] (max_ndim < 0: no upper bound) and the
  * channel axis has `channels` entries (channels < 0: any). Raises ValueError. */
@@ -38,7 +47,8 @@ int bn_check_batch_size(PyArrayObject *x);
 bn_dims bn_dims_of(PyArrayObject *x);
 
 /* `out` (None: a new array) as the output for an input shaped like `like`: a new
- * reference to a writeable, aligned, C-contiguous array of the same shape and type. */
+ * reference to a writeable, aligned array of the same shape, type and memory layout
+ * (C-contiguous or channels-last). */
 PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *name);
 
 /* How the memory of two C-contiguous arrays relates. */

@@ -1,21 +1,25 @@
 /*
  * Scheduling of the batch-norm kernels over channels and blocks.
  *
- * Each channel (N rows of S elements, rows C * S apart) is cut into blocks of about
- * BN_BLOCK_ELEMS elements: whole rows when S is small, pieces of one row when S is
- * large. A kernel is three steps:
- *   gather(c, b)  reads block b of channel c and writes its partial results;
- *   reduce(c)     merges the partials of channel c in block order;
- *   apply(c, b)   writes block b of the output using the merged results.
- * The block boundaries and the merge order depend only on the shape, so the result
- * is the same for every thread count and schedule.
+ * A kernel is three steps:
+ *   gather   reads a block and writes its partial results per channel;
+ *   reduce   merges the partials of one channel in block order, giving the
+ *            channel's coefficients;
+ *   apply    writes a block of the output from those coefficients.
+ * Block boundaries and merge orders depend only on the shape, so results are the
+ * same for every thread count and schedule.
  *
- * Two schedules give the same bits:
- *   - by channel (many channels): one task runs gather, reduce and apply for a whole
- *     channel, applying the blocks in reverse so the most recently read ones are
- *     still in cache; memory sees about one read of x per pass over the channel;
- *   - by block (few channels, so that every thread has work): three pool runs,
- *     gather over all blocks, reduce over channels, apply over all blocks.
+ * Channel-major (NCHW) data: each channel (N rows of S elements, C * S apart) is cut
+ * into blocks of about BN_BLOCK_ELEMS elements, whole rows when S is small, pieces
+ * of a row when S is large. With many channels one task does a whole channel,
+ * gathering its blocks, reducing, then applying them in reverse so that the most
+ * recently read ones are still in cache: memory sees about one read of the input.
+ * With few channels the three steps are three pool runs over all blocks, so every
+ * thread has work.
+ *
+ * Channels-last data (NHWC, and (N, C) input): a block is a run of whole rows, each
+ * holding every channel; gather and apply work on vectors across channels, and the
+ * steps are always three pool runs.
  */
 #include "bn_kernels.h"
 
@@ -27,20 +31,21 @@
 
 /* Elements per block: two passes over a block run from the core's private cache. */
 #define BN_BLOCK_ELEMS 16384
-/* By-channel scheduling when there are at least this many channels per thread. */
+/* NCHW by-channel scheduling when there are at least this many channels per thread. */
 #define BN_CHANNELS_PER_THREAD 4
-/* Outputs at least this large are written past the cache: they are far larger
- * than the caches, and the input still to be read should stay there. */
+/* Outputs at least this large are written past the cache (NCHW): they are far
+ * larger than the caches, and the input still to be read should stay there. */
 #define BN_STREAM_MIN_BYTES (16 << 20)
-/* Doubles of partial results per block. */
+/* Partial results per block and channel, and coefficients per channel. */
 #define BN_PARTIALS 3
+#define BN_COEFS 3
 
 typedef struct bn_job bn_job;
 typedef void (*bn_block_step)(bn_job *job, int64_t c, int64_t b);
 typedef void (*bn_channel_step)(bn_job *job, int64_t c);
 
 typedef struct {
-    int64_t offset; /* elements from the channel's first element */
+    int64_t offset; /* elements from the start of the channel (NCHW) or of the array */
     int64_t rows, width;
 } bn_block;
 
@@ -48,14 +53,18 @@ struct bn_job {
     bn_dtype dtype;
     const bn_block_ops *ops;
     bn_dims dims;
-    int64_t blocks_per_channel;
-    int64_t rows_per_block;  /* when a block is whole rows */
-    int64_t blocks_per_row;  /* when a block is a piece of a row */
+    int64_t blocks_per_channel; /* NCHW; for channels-last, the number of row blocks */
+    int64_t rows_per_block;
+    int64_t blocks_per_row; /* NCHW blocks that are pieces of one row; else 0 */
+    int stream;             /* write the output with non-temporal stores */
+    int x_term;             /* the output depends on x (all but the eval-mode gradient) */
+    /* NCHW steps take (c, b); channels-last gather and apply ignore c */
     bn_block_step gather;
     bn_channel_step reduce;
     bn_block_step apply;
-    double *partials;        /* BN_PARTIALS per block, channel-major */
-    double *coef;            /* 3 per channel, written by reduce, read by apply */
+    double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
+    double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const */
+    double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
     char *out;
@@ -64,8 +73,9 @@ struct bn_job {
     double *mean, *var, *invstd;
     int batch_stats;
     void *dgamma, *dbeta;
-    int stream; /* write the output with non-temporal stores */
 };
+
+enum { K_DY = 0, K_XMU = 1, K_CONST = 2 };
 
 static size_t elem_size(bn_dtype dtype) { return dtype == BN_FLOAT32 ? sizeof(float) : sizeof(double); }
 
@@ -87,19 +97,43 @@ static double load_or(bn_dtype dtype, const void *p, int64_t i, double fallback)
     return p == NULL ? fallback : load(dtype, p, i);
 }
 
+static double *coef_of(bn_job *job, int k) { return job->coef + k * job->dims.c; }
+
+static double *partials_of(bn_job *job, int64_t c, int64_t b)
+{
+    return job->partials + (c * job->blocks_per_channel + b) * BN_PARTIALS;
+}
+
+/* One channel is contiguous whatever the layout; N rows of S values as NCHW
+ * without channels would be, as channels-last without spatial extent would be. */
+static bn_dims canonical_dims(bn_dims d)
+{
+    if (d.c == 1)
+        return (bn_dims){1, 1, d.n * d.s, 0};
+    if (d.s == 1)
+        return (bn_dims){d.n, d.c, 1, 1};
+    return d;
+}
+
 static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
 {
-    *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims};
-    job->stream = dims.n * dims.c * dims.s * (int64_t)elem_size(dtype) >= BN_STREAM_MIN_BYTES;
-    if (dims.n == 0 || dims.s == 0)
+    dims = canonical_dims(dims);
+    *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims, .x_term = 1};
+    const int64_t rows = dims.n * dims.s;
+    if (rows == 0)
         return;
+    if (dims.channels_last) {
+        job->rows_per_block = dims.c >= BN_BLOCK_ELEMS ? 1 : BN_BLOCK_ELEMS / dims.c;
+        job->blocks_per_channel = (rows + job->rows_per_block - 1) / job->rows_per_block;
+        return;
+    }
+    job->stream = rows * dims.c * (int64_t)elem_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.s >= BN_BLOCK_ELEMS) {
         job->rows_per_block = 1;
         job->blocks_per_row = (dims.s + BN_BLOCK_ELEMS - 1) / BN_BLOCK_ELEMS;
         job->blocks_per_channel = dims.n * job->blocks_per_row;
     } else {
         job->rows_per_block = BN_BLOCK_ELEMS / dims.s;
-        job->blocks_per_row = 0;
         job->blocks_per_channel = (dims.n + job->rows_per_block - 1) / job->rows_per_block;
     }
 }
@@ -107,6 +141,11 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
 static bn_block block_at(const bn_job *job, int64_t b)
 {
     const bn_dims d = job->dims;
+    if (d.channels_last) {
+        int64_t r0 = b * job->rows_per_block, rows = d.n * d.s - r0;
+        rows = rows < job->rows_per_block ? rows : job->rows_per_block;
+        return (bn_block){r0 * d.c, rows, d.c};
+    }
     if (job->blocks_per_row > 0) {
         int64_t n = b / job->blocks_per_row;
         int64_t s0 = (b % job->blocks_per_row) * BN_BLOCK_ELEMS;
@@ -118,16 +157,14 @@ static bn_block block_at(const bn_job *job, int64_t b)
     return (bn_block){n0 * d.c * d.s, rows, d.s};
 }
 
-/* Byte offset of block b of channel c. */
+/* Byte offset of a block: within channel c for NCHW, of the array for channels-last. */
 static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 {
-    return (c * job->dims.s + blk->offset) * (int64_t)elem_size(job->dtype);
+    const int64_t channel_start = job->dims.channels_last ? 0 : c * job->dims.s;
+    return (channel_start + blk->offset) * (int64_t)elem_size(job->dtype);
 }
 
-static double *partials_of(bn_job *job, int64_t c, int64_t b)
-{
-    return job->partials + (c * job->blocks_per_channel + b) * BN_PARTIALS;
-}
+/* ---- schedules ---- */
 
 static void channel_task(void *ctx, int64_t c)
 {
@@ -135,13 +172,13 @@ static void channel_task(void *ctx, int64_t c)
     if (job->gather)
         for (int64_t b = 0; b < job->blocks_per_channel; b++)
             job->gather(job, c, b);
-    if (job->reduce)
-        job->reduce(job, c);
+    job->reduce(job, c);
     if (job->apply)
         for (int64_t b = job->blocks_per_channel - 1; b >= 0; b--)
             job->apply(job, c, b);
 }
 
+/* Task t of a pool run over blocks: (channel, block) for NCHW, block for channels-last. */
 static void gather_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
@@ -164,41 +201,43 @@ static bn_status run_job(bn_job *job)
 {
     const bn_dims d = job->dims;
     const int64_t work = d.n * d.c * d.s;
-    const int64_t nblocks = d.c * job->blocks_per_channel;
-    job->partials = malloc((size_t)(nblocks > 0 ? nblocks : 1) * BN_PARTIALS * sizeof(double));
-    job->coef = malloc((size_t)(d.c > 0 ? d.c : 1) * 3 * sizeof(double));
-    if (job->partials == NULL || job->coef == NULL) {
-        free(job->partials);
-        free(job->coef);
-        return BN_NO_MEMORY;
-    }
-    if (d.c >= (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads()) {
+    const int64_t channels_last = d.channels_last;
+    const int64_t nblocks = channels_last ? job->blocks_per_channel : d.c * job->blocks_per_channel;
+    job->partials = malloc((size_t)(d.c * job->blocks_per_channel) * BN_PARTIALS * sizeof(double));
+    job->coef = malloc((size_t)d.c * BN_COEFS * sizeof(double));
+    job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
+    bn_status status = BN_NO_MEMORY;
+    if (job->partials == NULL || job->coef == NULL || (channels_last && job->scratch == NULL))
+        goto done;
+    if (!channels_last && d.c >= (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads()) {
         bn_pool_run(d.c, channel_task, job, work);
     } else {
         if (job->gather)
             bn_pool_run(nblocks, gather_task, job, work);
-        if (job->reduce)
-            bn_pool_run(d.c, reduce_task, job, 0);
+        bn_pool_run(d.c, reduce_task, job, d.c * job->blocks_per_channel);
         if (job->apply)
             bn_pool_run(nblocks, apply_task, job, work);
     }
+    status = BN_OK;
+done:
     free(job->partials);
     free(job->coef);
-    return BN_OK;
+    free(job->scratch);
+    return status;
 }
 
-/* Forward coefficients: y = gamma * invstd * (x - mean) + beta. */
-static void set_affine_coef(bn_job *job, int64_t c)
+/* ---- gather: statistics ---- */
+
+/* Two passes over a cached block: the mean, then the centred sums, whose sum of
+ * deviations corrects both for the rounding of the first mean. */
+static void store_moments(double *p, double count, double mean0, double sum_d, double sum_d2)
 {
-    job->coef[3 * c] = 0.0;
-    job->coef[3 * c + 1] = load_or(job->dtype, job->gamma, c, 1.0) * job->invstd[c];
-    job->coef[3 * c + 2] = load_or(job->dtype, job->beta, c, 0.0);
+    p[0] = count;
+    /* with an infinity in the block the deviations are NaN; the plain mean is right */
+    p[1] = isfinite(sum_d) ? mean0 + sum_d / count : mean0;
+    p[2] = sum_d2 - sum_d * sum_d / count;
 }
 
-/* ---- training forward ---------------------------------------------------------- */
-
-/* Two passes over a cached block: the mean, then the centred sum of squares, with
- * the sum of deviations correcting both for the rounding of the first mean. */
 static void gather_moments(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
@@ -208,10 +247,56 @@ static void gather_moments(bn_job *job, int64_t c, int64_t b)
     const double mean0 = job->ops->sum(x, blk.rows, blk.width, stride) / count;
     double sum_d, sum_d2;
     job->ops->centered(x, blk.rows, blk.width, stride, mean0, &sum_d, &sum_d2);
+    store_moments(partials_of(job, c, b), count, mean0, sum_d, sum_d2);
+}
+
+static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
+{
+    const bn_block blk = block_at(job, b);
+    const char *x = job->x + block_bytes(job, 0, &blk);
+    const int64_t channels = job->dims.c;
+    double *mean0 = job->scratch + b * BN_PARTIALS * channels, *sum_d = mean0 + channels, *sum_d2 = sum_d + channels;
+    job->ops->cl_sum(x, blk.rows, channels, mean0);
+    for (int64_t c = 0; c < channels; c++)
+        mean0[c] /= (double)blk.rows;
+    job->ops->cl_centered(x, blk.rows, channels, mean0, sum_d, sum_d2);
+    for (int64_t c = 0; c < channels; c++)
+        store_moments(partials_of(job, c, b), (double)blk.rows, mean0[c], sum_d[c], sum_d2[c]);
+}
+
+/* ---- gather: gradient sums ---- */
+
+static void gather_grad_sums(bn_job *job, int64_t c, int64_t b)
+{
+    const bn_block blk = block_at(job, b);
+    const int64_t off = block_bytes(job, c, &blk);
     double *p = partials_of(job, c, b);
-    p[0] = count;
-    p[1] = mean0 + sum_d / count;
-    p[2] = sum_d2 - sum_d * sum_d / count;
+    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, job->dims.c * job->dims.s,
+                        job->mean[c], &p[0], &p[1]);
+}
+
+static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
+{
+    const bn_block blk = block_at(job, b);
+    const int64_t off = block_bytes(job, 0, &blk);
+    const int64_t channels = job->dims.c;
+    double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
+    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, sum_dy, sum_dy_xmu);
+    for (int64_t c = 0; c < channels; c++) {
+        double *p = partials_of(job, c, b);
+        p[0] = sum_dy[c];
+        p[1] = sum_dy_xmu[c];
+    }
+}
+
+/* ---- reduce ---- */
+
+/* Forward coefficients: y = gamma * invstd * (x - mean) + beta. */
+static void set_affine_coef(bn_job *job, int64_t c)
+{
+    coef_of(job, K_DY)[c] = 0.0;
+    coef_of(job, K_XMU)[c] = load_or(job->dtype, job->gamma, c, 1.0) * job->invstd[c];
+    coef_of(job, K_CONST)[c] = load_or(job->dtype, job->beta, c, 0.0);
 }
 
 /* Chan et al.'s pairwise update, block by block in order. A constant channel has
@@ -223,83 +308,15 @@ static void reduce_moments(bn_job *job, int64_t c)
         const double *p = partials_of(job, c, b);
         const double total = count + p[0];
         const double delta = p[1] - mean;
-        mean += delta * (p[0] / total);
+        /* a weighted sum where a mean is infinite, as a plain sum would give */
+        mean = isfinite(delta) ? mean + delta * (p[0] / total) : (count * mean + p[0] * p[1]) / total;
         m2 += p[2] + delta * delta * (count * p[0] / total);
         count = total;
     }
-    const double var = m2 / count;
-    const double invstd = 1.0 / sqrt(var + job->eps);
     job->mean[c] = mean;
-    job->var[c] = var;
-    job->invstd[c] = invstd;
+    job->var[c] = m2 / count;
+    job->invstd[c] = 1.0 / sqrt(job->var[c] + job->eps);
     set_affine_coef(job, c);
-}
-
-/* out = k_xmu * (x - mean) + k_const + k_dy * dy with the channel's coefficients. */
-static void apply_linear(bn_job *job, int64_t c, int64_t b)
-{
-    const bn_block blk = block_at(job, b);
-    const int64_t off = block_bytes(job, c, &blk);
-    const double *k = job->coef + 3 * c;
-    job->ops->linear(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, blk.width,
-                     job->dims.c * job->dims.s, job->mean[c], k[0], k[1], k[2], job->stream);
-}
-
-bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
-                           const void *beta, double eps, double *mean, double *var, double *invstd)
-{
-    bn_job job;
-    init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0) {
-        for (int64_t c = 0; c < dims.c; c++)
-            mean[c] = var[c] = invstd[c] = NAN;
-        return BN_OK;
-    }
-    job.gather = gather_moments;
-    job.reduce = reduce_moments;
-    job.apply = apply_linear;
-    job.x = x;
-    job.out = y;
-    job.gamma = gamma;
-    job.beta = beta;
-    job.eps = eps;
-    job.mean = mean;
-    job.var = var;
-    job.invstd = invstd;
-    return run_job(&job);
-}
-
-/* ---- forward with given statistics -------------------------------------------- */
-
-
-bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
-                          const void *beta, const double *mean, const double *invstd)
-{
-    bn_job job;
-    init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0)
-        return BN_OK;
-    job.reduce = set_affine_coef;
-    job.apply = apply_linear;
-    job.x = x;
-    job.out = y;
-    job.gamma = gamma;
-    job.beta = beta;
-    /* read-only here: the job's statistics pointers are shared with training */
-    job.mean = (double *)mean;
-    job.invstd = (double *)invstd;
-    return run_job(&job);
-}
-
-/* ---- backward ------------------------------------------------------------------ */
-
-static void gather_grad_sums(bn_job *job, int64_t c, int64_t b)
-{
-    const bn_block blk = block_at(job, b);
-    const int64_t off = block_bytes(job, c, &blk);
-    double *p = partials_of(job, c, b);
-    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, job->dims.c * job->dims.s,
-                        job->mean[c], &p[0], &p[1]);
 }
 
 /* dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M) with batch
@@ -319,9 +336,78 @@ static void reduce_grad(bn_job *job, int64_t c)
         store(job->dtype, job->dbeta, c, sum_dy);
     if (job->dgamma)
         store(job->dtype, job->dgamma, c, sum_dy_xmu * invstd);
-    job->coef[3 * c] = k_dy;
-    job->coef[3 * c + 1] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
-    job->coef[3 * c + 2] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
+    coef_of(job, K_DY)[c] = k_dy;
+    coef_of(job, K_XMU)[c] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
+    coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
+}
+
+/* ---- apply: out = k_xmu * (x - mean) + k_const + k_dy * dy ---- */
+
+static void apply_linear(bn_job *job, int64_t c, int64_t b)
+{
+    const bn_block blk = block_at(job, b);
+    const int64_t off = block_bytes(job, c, &blk);
+    job->ops->linear(job->x_term ? job->x + off : NULL, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, blk.width,
+                     job->dims.c * job->dims.s, job->mean[c], coef_of(job, K_DY)[c], coef_of(job, K_XMU)[c],
+                     coef_of(job, K_CONST)[c], job->stream);
+}
+
+static void apply_linear_cl(bn_job *job, int64_t unused, int64_t b)
+{
+    const bn_block blk = block_at(job, b);
+    const int64_t off = block_bytes(job, 0, &blk);
+    job->ops->cl_linear(job->x_term ? job->x + off : NULL, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
+                        job->mean, coef_of(job, K_DY), coef_of(job, K_XMU), coef_of(job, K_CONST));
+}
+
+static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)
+{
+    const int cl = job->dims.channels_last;
+    job->gather = cl ? gather_cl : gather;
+    job->reduce = reduce;
+    job->apply = cl ? apply_linear_cl : apply_linear;
+}
+
+/* ---- public kernels ---- */
+
+bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
+                           const void *beta, double eps, double *mean, double *var, double *invstd)
+{
+    bn_job job;
+    init_job(&job, dtype, dims);
+    if (job.blocks_per_channel == 0) {
+        for (int64_t c = 0; c < dims.c; c++)
+            mean[c] = var[c] = invstd[c] = NAN;
+        return BN_OK;
+    }
+    set_steps(&job, gather_moments, gather_moments_cl, reduce_moments);
+    job.x = x;
+    job.out = y;
+    job.gamma = gamma;
+    job.beta = beta;
+    job.eps = eps;
+    job.mean = mean;
+    job.var = var;
+    job.invstd = invstd;
+    return run_job(&job);
+}
+
+bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
+                          const void *beta, const double *mean, const double *invstd)
+{
+    bn_job job;
+    init_job(&job, dtype, dims);
+    if (job.blocks_per_channel == 0)
+        return BN_OK;
+    set_steps(&job, NULL, NULL, set_affine_coef);
+    job.x = x;
+    job.out = y;
+    job.gamma = gamma;
+    job.beta = beta;
+    /* read-only here: the job's statistics pointers are shared with training */
+    job.mean = (double *)mean;
+    job.invstd = (double *)invstd;
+    return run_job(&job);
 }
 
 bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
@@ -339,9 +425,7 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
         }
         return BN_OK;
     }
-    job.gather = gather_grad_sums;
-    job.reduce = reduce_grad;
-    job.apply = apply_linear;
+    set_steps(&job, gather_grad_sums, gather_grad_sums_cl, reduce_grad);
     job.x = x;
     job.dy = dy;
     job.out = dx;
@@ -349,12 +433,13 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
     job.mean = (double *)mean;
     job.invstd = (double *)invstd;
     job.batch_stats = batch_stats;
+    job.x_term = batch_stats;
     job.dgamma = dgamma;
     job.dbeta = dbeta;
     return run_job(&job);
 }
 
-/* ---- running statistics -------------------------------------------------------- */
+/* ---- running statistics ---- */
 
 void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, void *running_var,
                        const double *mean, const double *var, int64_t count, double momentum)

@@ -3,8 +3,9 @@
  *
  * Plain C11, no Python: the binding layer (module.c, batchnorm_type.c) validates
  * arguments, allocates arrays and calls these functions with the GIL released.
- * Logical layout: element (n, c, s) lives at x[(n * C + c) * S + s], where S is the
- * product of the spatial sizes (1 for (N, C) input).
+ * Element (n, c, s), S being the product of the spatial sizes (1 for (N, C) input),
+ * lives at x[(n * C + c) * S + s] (channel-major, NCHW), or at x[(n * S + s) * C + c]
+ * when channels_last is set (NHWC). Outputs have the layout of the inputs.
  *
  * Every result is independent of the thread count: each channel is cut into blocks
  * whose boundaries depend only on the shape, and per-block partial results are
@@ -21,6 +22,7 @@ typedef enum { BN_OK = 0, BN_NO_MEMORY = 1 } bn_status;
 
 typedef struct {
     int64_t n, c, s;
+    int channels_last;
 } bn_dims;
 
 /* Training forward: batch mean and biased variance per channel, then

@@ -130,12 +130,8 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
         goto done;
     const int typenum = PyArray_TYPE(x);
     const npy_intp channels = PyArray_DIM(x, 1);
-    if ((dy = bn_input_array(dy_obj, typenum, "dy")) == NULL)
+    if ((dy = bn_input_like(dy_obj, x, "dy")) == NULL)
         goto done;
-    if (!PyArray_SAMESHAPE(dy, x)) {
-        PyErr_SetString(PyExc_ValueError, "dy: expected the shape of x");
-        goto done;
-    }
     if ((mean = stats_vector(mean_obj, channels, "save_mean")) == NULL ||
         (invstd = stats_vector(invstd_obj, channels, "save_invstd")) == NULL ||
         bn_param_array(w_obj, typenum, channels, "weight", 0, &weight) < 0)
