@@ -28,8 +28,8 @@ COMMON_SOURCES = [
 
 # Extra flags of the x86-64 levels beyond the baseline, by source file.
 X86_LEVEL_SOURCES = {
-    "bn_block_avx2.c": ["-mavx2", "-mfma"],
-    "bn_block_avx512.c": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+    "bn_block_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+    "bn_block_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
 
 # -ffp-contract=off: no fused multiply-add, so every level rounds identically and

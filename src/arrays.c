@@ -7,7 +7,12 @@ static PyObject *shape_tuple(PyArrayObject *x)
     return PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
 }
 
-static const char *typenum_name(int typenum) { return typenum == NPY_FLOAT ? "float32" : "float64"; }
+static const char *typenum_name(int typenum)
+{
+    return typenum == NPY_FLOAT ? "float32" : typenum == NPY_HALF ? "float16" : "float64";
+}
+
+int bn_param_typenum(int typenum) { return typenum == NPY_HALF ? NPY_FLOAT : typenum; }
 
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
 {
@@ -17,6 +22,10 @@ int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
     }
     if (typenum == NPY_DOUBLE) {
         *dtype = BN_FLOAT64;
+        return 0;
+    }
+    if (typenum == NPY_HALF && bn_float16_supported()) {
+        *dtype = BN_FLOAT16;
         return 0;
     }
     return -1;
@@ -34,7 +43,7 @@ PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
     bn_dtype unused;
     if (bn_dtype_from_typenum(actual, &unused) < 0) {
         if (typenum < 0)
-            PyErr_Format(PyExc_TypeError, "%s: expected a float32 or float64 array, got dtype %S", name,
+            PyErr_Format(PyExc_TypeError, "%s: expected a float16, float32 or float64 array, got dtype %S", name,
                          (PyObject *)descr);
         else
             PyErr_Format(PyExc_TypeError,

@@ -17,7 +17,8 @@
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
-    int typenum;
+    int typenum;       /* of inputs and outputs */
+    int param_typenum; /* of parameters, running statistics and gradients */
     bn_dtype dtype;
     int min_ndim, max_ndim;
     Py_ssize_t num_features;
@@ -128,7 +129,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     int typenum = descr == NULL ? NPY_FLOAT : descr->type_num;
     bn_dtype dtype;
     if (bn_dtype_from_typenum(typenum, &dtype) < 0) {
-        PyErr_Format(PyExc_TypeError, "dtype must be float32 or float64, got %S", (PyObject *)descr);
+        PyErr_Format(PyExc_TypeError, "dtype must be float32, float64 or float16, got %S", (PyObject *)descr);
         goto fail;
     }
     self = (BatchNormObject *)type->tp_alloc(type, 0);
@@ -141,6 +142,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
         goto fail;
     }
     self->typenum = typenum;
+    self->param_typenum = bn_param_typenum(typenum);
     self->dtype = dtype;
     self->min_ndim = min_ndim;
     self->max_ndim = max_ndim;
@@ -150,11 +152,11 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     self->affine = affine;
     self->track_running_stats = track;
     self->training = 1;
-    if (affine && ((self->gamma = filled_vector(typenum, num_features, 1.0)) == NULL ||
-                   (self->beta = filled_vector(typenum, num_features, 0.0)) == NULL))
+    if (affine && ((self->gamma = filled_vector(self->param_typenum, num_features, 1.0)) == NULL ||
+                   (self->beta = filled_vector(self->param_typenum, num_features, 0.0)) == NULL))
         goto fail;
-    if (track && ((self->running_mean = filled_vector(typenum, num_features, 0.0)) == NULL ||
-                  (self->running_var = filled_vector(typenum, num_features, 1.0)) == NULL))
+    if (track && ((self->running_mean = filled_vector(self->param_typenum, num_features, 0.0)) == NULL ||
+                  (self->running_var = filled_vector(self->param_typenum, num_features, 1.0)) == NULL))
         goto fail;
     Py_XDECREF(descr);
     return (PyObject *)self;
@@ -305,8 +307,8 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     }
     if (self->affine) {
         npy_intp c = self->num_features;
-        dgamma = (PyArrayObject *)PyArray_EMPTY(1, &c, self->typenum, 0);
-        dbeta = (PyArrayObject *)PyArray_EMPTY(1, &c, self->typenum, 0);
+        dgamma = (PyArrayObject *)PyArray_EMPTY(1, &c, self->param_typenum, 0);
+        dbeta = (PyArrayObject *)PyArray_EMPTY(1, &c, self->param_typenum, 0);
         if (dgamma == NULL || dbeta == NULL)
             goto fail;
     }
@@ -398,7 +400,7 @@ static int set_array(BatchNormObject *self, PyObject *value, void *closure)
         return -1;
     }
     PyArrayObject *source;
-    if (bn_param_array(value, self->typenum, self->num_features, name, 0, &source) < 0)
+    if (bn_param_array(value, self->param_typenum, self->num_features, name, 0, &source) < 0)
         return -1;
     if (source == NULL) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got None", name);

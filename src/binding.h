@@ -19,13 +19,18 @@
 
 /* ---- arrays.c: argument checks with messages that say what was expected ---- */
 
-/* The kernel dtype of a NumPy type number; -1 if it is neither float32 nor float64. */
+/* The kernel dtype of a NumPy type number; -1 if it is not float16 (where the
+ * build supports it), float32 or float64. */
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype);
+
+/* The type of parameters, running statistics and their gradients for data of
+ * type `typenum`: float32 for float16 data, else the same. */
+int bn_param_typenum(int typenum);
 
 /* `obj` as an aligned, native-byte-order array of type `typenum` whose memory is
  * C-contiguous or channels-last (a new reference; a C-contiguous copy when the
  * input is neither). `typenum` < 0 accepts
- * float32 and float64. Raises TypeError for anything else. */
+ * any supported float type. Raises TypeError for anything else. */
 PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name);
 
 /* Whether the memory of an (N, C, *spatial) array is (N, *spatial, C) in C order

@@ -55,15 +55,34 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 
 #define BN_T float
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
+#define BN_FROM_DOUBLE(v) ((float)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
+#undef BN_FROM_DOUBLE
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
+#define BN_FROM_DOUBLE(v) ((double)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
+#undef BN_FROM_DOUBLE
+
+#if defined(__FLT16_MAX__)
+/* Rounded through float: F16C converts only from float, and every level must
+ * round the same way (at most one float16 ulp from the double result). */
+#define BN_T _Float16
+#define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
+#define BN_FROM_DOUBLE(v) ((_Float16)(float)(v))
+#include "bn_block_template.h"
+#undef BN_T
+#undef BN_NAME
+#undef BN_FROM_DOUBLE
+#define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
+#else
+#define BN_F16_ENTRY {0}
+#endif
 
 #define BN_TABLE_ENTRY(suffix)                                                          \
     {                                                                                   \
@@ -76,4 +95,4 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_PASTE_TABLE(level) bn_ops_##level
 #define BN_TABLE_NAME(level) BN_PASTE_TABLE(level)
 
-const bn_block_ops BN_TABLE_NAME(BN_LEVEL)[2] = {BN_TABLE_ENTRY(f32), BN_TABLE_ENTRY(f64)};
+const bn_block_ops BN_TABLE_NAME(BN_LEVEL)[BN_DTYPE_COUNT] = {BN_TABLE_ENTRY(f32), BN_TABLE_ENTRY(f64), BN_F16_ENTRY};

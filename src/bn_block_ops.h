@@ -11,6 +11,8 @@
 
 #include <stdint.h>
 
+#include "bn_kernels.h"
+
 typedef struct {
     /* sum of x */
     double (*sum)(const void *x, int64_t rows, int64_t width, int64_t stride);
@@ -36,11 +38,11 @@ typedef struct {
                       const double *mean, const double *k_dy, const double *k_xmu, const double *k_const);
 } bn_block_ops;
 
-/* Index by bn_dtype. */
-extern const bn_block_ops bn_ops_baseline[2];
+/* Index by bn_dtype; the float16 entry is all NULL where the compiler lacks _Float16. */
+extern const bn_block_ops bn_ops_baseline[BN_DTYPE_COUNT];
 #if defined(BN_HAVE_X86_LEVELS)
-extern const bn_block_ops bn_ops_avx2[2];
-extern const bn_block_ops bn_ops_avx512[2];
+extern const bn_block_ops bn_ops_avx2[BN_DTYPE_COUNT];
+extern const bn_block_ops bn_ops_avx512[BN_DTYPE_COUNT];
 #endif
 
 #endif

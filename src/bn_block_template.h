@@ -2,6 +2,7 @@
  * Type-generic block loops, included once per element type by bn_block_isa.h:
  *   BN_T     the element type (float or double)
  *   BN_NAME  a macro that decorates a function name with the type and level
+ *   BN_FROM_DOUBLE(v)  the rounding of a double result to BN_T
  * The file is compiled once per x86-64 level with different -m flags; the source
  * fixes the summation order (BN_LANES independent accumulators, element i of a row
  * going to accumulator i % BN_LANES, then a fixed pairwise combine), and the build
@@ -87,7 +88,7 @@ static inline BN_T BN_NAME(linear_at)(const BN_T *x, const BN_T *dy, int64_t i, 
         value += k_xmu * ((double)x[i] - mean);
     if (with_dy)
         value += k_dy * (double)dy[i];
-    return (BN_T)value;
+    return BN_FROM_DOUBLE(value);
 }
 
 /* One output row in three parts: elements up to the first cache-line boundary,
@@ -192,13 +193,13 @@ static void BN_NAME(cl_linear)(const void *xv, const void *dyv, void *outv, int6
         const int64_t at = r * channels;
         if (x != NULL && dy != NULL)
             for (int64_t c = 0; c < channels; c++)
-                out[at + c] = (BN_T)(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]) +
-                                     k_dy[c] * (double)dy[at + c]);
+                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]) +
+                                             k_dy[c] * (double)dy[at + c]);
         else if (x != NULL)
             for (int64_t c = 0; c < channels; c++)
-                out[at + c] = (BN_T)(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]));
+                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]));
         else
             for (int64_t c = 0; c < channels; c++)
-                out[at + c] = (BN_T)(k_const[c] + k_dy[c] * (double)dy[at + c]);
+                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_dy[c] * (double)dy[at + c]);
     }
 }

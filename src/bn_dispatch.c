@@ -26,13 +26,15 @@ bn_simd bn_simd_best_supported(void)
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
         return BN_SIMD_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return BN_SIMD_AVX2;
 #endif
     return BN_SIMD_BASELINE;
 }
 
 void bn_simd_select(bn_simd level) { selected = level; }
+
+int bn_float16_supported(void) { return bn_ops_baseline[BN_FLOAT16].sum != NULL; }
 
 bn_simd bn_simd_selected(void) { return selected; }
 

@@ -77,7 +77,12 @@ struct bn_job {
 
 enum { K_DY = 0, K_XMU = 1, K_CONST = 2 };
 
-static size_t elem_size(bn_dtype dtype) { return dtype == BN_FLOAT32 ? sizeof(float) : sizeof(double); }
+static const size_t elem_sizes[BN_DTYPE_COUNT] = {4, 8, 2};
+
+static size_t elem_size(bn_dtype dtype) { return elem_sizes[dtype]; }
+
+/* The dtype of parameters, running statistics and parameter gradients. */
+static bn_dtype param_dtype(bn_dtype dtype) { return dtype == BN_FLOAT16 ? BN_FLOAT32 : dtype; }
 
 static double load(bn_dtype dtype, const void *p, int64_t i)
 {
@@ -295,8 +300,8 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
 static void set_affine_coef(bn_job *job, int64_t c)
 {
     coef_of(job, K_DY)[c] = 0.0;
-    coef_of(job, K_XMU)[c] = load_or(job->dtype, job->gamma, c, 1.0) * job->invstd[c];
-    coef_of(job, K_CONST)[c] = load_or(job->dtype, job->beta, c, 0.0);
+    coef_of(job, K_XMU)[c] = load_or(param_dtype(job->dtype), job->gamma, c, 1.0) * job->invstd[c];
+    coef_of(job, K_CONST)[c] = load_or(param_dtype(job->dtype), job->beta, c, 0.0);
 }
 
 /* Chan et al.'s pairwise update, block by block in order. A constant channel has
@@ -331,11 +336,12 @@ static void reduce_grad(bn_job *job, int64_t c)
     }
     const double invstd = job->invstd[c];
     const double count = (double)(job->dims.n * job->dims.s);
-    const double k_dy = load_or(job->dtype, job->gamma, c, 1.0) * invstd;
+    const bn_dtype params = param_dtype(job->dtype);
+    const double k_dy = load_or(params, job->gamma, c, 1.0) * invstd;
     if (job->dbeta)
-        store(job->dtype, job->dbeta, c, sum_dy);
+        store(params, job->dbeta, c, sum_dy);
     if (job->dgamma)
-        store(job->dtype, job->dgamma, c, sum_dy_xmu * invstd);
+        store(params, job->dgamma, c, sum_dy_xmu * invstd);
     coef_of(job, K_DY)[c] = k_dy;
     coef_of(job, K_XMU)[c] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
     coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
@@ -419,9 +425,9 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
     if (job.blocks_per_channel == 0) {
         for (int64_t c = 0; c < dims.c; c++) {
             if (dgamma)
-                store(dtype, dgamma, c, 0.0);
+                store(param_dtype(dtype), dgamma, c, 0.0);
             if (dbeta)
-                store(dtype, dbeta, c, 0.0);
+                store(param_dtype(dtype), dbeta, c, 0.0);
         }
         return BN_OK;
     }
@@ -445,6 +451,7 @@ void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, voi
                        const double *mean, const double *var, int64_t count, double momentum)
 {
     const double unbias = (double)count / (double)(count - 1);
+    dtype = param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
         double rm = load(dtype, running_mean, c), rv = load(dtype, running_var, c);
         store(dtype, running_mean, c, (1.0 - momentum) * rm + momentum * mean[c]);
@@ -455,6 +462,7 @@ void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, voi
 void bn_stats_from_running(bn_dtype dtype, int64_t channels, const void *running_mean,
                            const void *running_var, double eps, double *mean, double *invstd)
 {
+    dtype = param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
         mean[c] = load(dtype, running_mean, c);
         invstd[c] = 1.0 / sqrt(load(dtype, running_var, c) + eps);

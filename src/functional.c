@@ -38,12 +38,12 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     PyObject *result = NULL;
     if (bn_check_layout(x, 2, -1, -1) < 0)
         goto done;
-    const int typenum = PyArray_TYPE(x);
+    const int typenum = PyArray_TYPE(x), param_typenum = bn_param_typenum(typenum);
     const npy_intp channels = PyArray_DIM(x, 1);
-    if (bn_param_array(rm_obj, typenum, channels, "running_mean", 1, &rm) < 0 ||
-        bn_param_array(rv_obj, typenum, channels, "running_var", 1, &rv) < 0 ||
-        bn_param_array(w_obj, typenum, channels, "weight", 0, &weight) < 0 ||
-        bn_param_array(b_obj, typenum, channels, "bias", 0, &bias) < 0)
+    if (bn_param_array(rm_obj, param_typenum, channels, "running_mean", 1, &rm) < 0 ||
+        bn_param_array(rv_obj, param_typenum, channels, "running_var", 1, &rv) < 0 ||
+        bn_param_array(w_obj, param_typenum, channels, "weight", 0, &weight) < 0 ||
+        bn_param_array(b_obj, param_typenum, channels, "bias", 0, &bias) < 0)
         goto done;
     if ((rm == NULL) != (rv == NULL)) {
         PyErr_SetString(PyExc_ValueError, "running_mean and running_var must be given together");
@@ -134,7 +134,7 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
         goto done;
     if ((mean = stats_vector(mean_obj, channels, "save_mean")) == NULL ||
         (invstd = stats_vector(invstd_obj, channels, "save_invstd")) == NULL ||
-        bn_param_array(w_obj, typenum, channels, "weight", 0, &weight) < 0)
+        bn_param_array(w_obj, bn_param_typenum(typenum), channels, "weight", 0, &weight) < 0)
         goto done;
     if ((dx = bn_output_array(out_obj, x, "out")) == NULL)
         goto done;
@@ -142,8 +142,8 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
         PyErr_SetString(PyExc_ValueError, "out: must not overlap x; it may be dy itself");
         goto done;
     }
-    if ((dweight = (PyArrayObject *)PyArray_EMPTY(1, &channels, typenum, 0)) == NULL ||
-        (dbias = (PyArrayObject *)PyArray_EMPTY(1, &channels, typenum, 0)) == NULL)
+    if ((dweight = (PyArrayObject *)PyArray_EMPTY(1, &channels, bn_param_typenum(typenum), 0)) == NULL ||
+        (dbias = (PyArrayObject *)PyArray_EMPTY(1, &channels, bn_param_typenum(typenum), 0)) == NULL)
         goto done;
     bn_dtype dtype;
     bn_dtype_from_typenum(typenum, &dtype);
