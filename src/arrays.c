@@ -264,6 +264,20 @@ int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *na
     return *result == NULL ? -1 : 0;
 }
 
+int bn_activation_converter(PyObject *obj, void *relu)
+{
+    if (obj == Py_None) {
+        *(int *)relu = 0;
+        return 1;
+    }
+    if (PyUnicode_Check(obj) && PyUnicode_CompareWithASCIIString(obj, "relu") == 0) {
+        *(int *)relu = 1;
+        return 1;
+    }
+    PyErr_Format(PyExc_ValueError, "activation must be None or 'relu', got %R", obj);
+    return 0;
+}
+
 int bn_raise_status(bn_status status)
 {
     if (status == BN_OK)

@@ -25,6 +25,7 @@ typedef struct {
     double eps;
     double momentum; /* NAN means None: cumulative moving average */
     int affine, track_running_stats, training;
+    int relu; /* fused max(0, .) after the affine transform */
     long long num_batches_tracked;
     PyArrayObject *gamma, *beta, *running_mean, *running_var; /* NULL when absent */
     PyArrayObject *grad_gamma, *grad_beta;                    /* NULL before backward */
@@ -99,17 +100,19 @@ static PyArrayObject *filled_vector(int typenum, npy_intp length, double value)
 
 static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"num_features", "eps", "momentum", "affine", "track_running_stats", "dtype", NULL};
+    static char *kwlist[] = {"num_features", "eps",  "momentum",   "affine",
+                             "track_running_stats", "dtype", "activation", NULL};
     Py_ssize_t num_features;
     double eps = 1e-5;
     PyObject *momentum_obj = NULL;
-    int affine = 1, track = 1;
+    int affine = 1, track = 1, relu = 0;
     PyArray_Descr *descr = NULL;
     int min_ndim, max_ndim;
     if (read_ndim_range(type, &min_ndim, &max_ndim) < 0)
         return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|dOppO&:BatchNorm", kwlist, &num_features, &eps,
-                                     &momentum_obj, &affine, &track, PyArray_DescrConverter2, &descr))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|dOppO&O&:BatchNorm", kwlist, &num_features, &eps,
+                                     &momentum_obj, &affine, &track, PyArray_DescrConverter2, &descr,
+                                     bn_activation_converter, &relu))
         return NULL;
     BatchNormObject *self = NULL;
     double momentum = 0.1;
@@ -151,6 +154,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     self->momentum = momentum;
     self->affine = affine;
     self->track_running_stats = track;
+    self->relu = relu;
     self->training = 1;
     if (affine && ((self->gamma = filled_vector(self->param_typenum, num_features, 1.0)) == NULL ||
                    (self->beta = filled_vector(self->param_typenum, num_features, 0.0)) == NULL))
@@ -208,10 +212,10 @@ static bn_status run_forward(BatchNormObject *self, PyArrayObject *x, PyArrayObj
         bn_stats_from_running(self->dtype, dims.c, PyArray_DATA(self->running_mean),
                               PyArray_DATA(self->running_var), self->eps, saved_mean(self), saved_invstd(self));
         return bn_forward_eval(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, saved_mean(self),
-                               saved_invstd(self));
+                               saved_invstd(self), self->relu);
     }
     bn_status status = bn_forward_train(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, self->eps,
-                                        saved_mean(self), batch_var(self), saved_invstd(self));
+                                        self->relu, saved_mean(self), batch_var(self), saved_invstd(self));
     if (status != BN_OK || !self->training || !self->track_running_stats)
         return status;
     /* PyTorch counts a batch even when it is empty, but leaves the statistics. */
@@ -315,7 +319,8 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     bn_status status;
     BN_WITHOUT_GIL(status, bn_backward(self->dtype, bn_dims_of(x), PyArray_DATA(x), PyArray_DATA(dy),
                                        PyArray_DATA(dx), self->gamma ? PyArray_DATA(self->gamma) : NULL,
-                                       saved_mean(self), saved_invstd(self), self->saved_batch_stats,
+                                       self->beta ? PyArray_DATA(self->beta) : NULL, saved_mean(self),
+                                       saved_invstd(self), self->saved_batch_stats, self->relu,
                                        dgamma ? PyArray_DATA(dgamma) : NULL, dbeta ? PyArray_DATA(dbeta) : NULL));
     if (bn_raise_status(status) < 0)
         goto fail;
@@ -466,6 +471,11 @@ static PyObject *get_momentum(BatchNormObject *self, void *Py_UNUSED(closure))
     return isnan(self->momentum) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->momentum);
 }
 
+static PyObject *get_activation(BatchNormObject *self, void *Py_UNUSED(closure))
+{
+    return self->relu ? PyUnicode_FromString("relu") : Py_NewRef(Py_None);
+}
+
 static PyObject *get_dtype(BatchNormObject *self, void *Py_UNUSED(closure))
 {
     return (PyObject *)PyArray_DescrFromType(self->typenum);
@@ -490,7 +500,9 @@ static PyGetSetDef BatchNorm_getset[] = {
     {"training", (getter)get_training, (setter)set_training, "True in training mode.", NULL},
     {"momentum", (getter)get_momentum, NULL,
      "Weight of the new batch in the running statistics; None means a cumulative average.", NULL},
-    {"dtype", (getter)get_dtype, NULL, "dtype of inputs, outputs, parameters and buffers.", NULL},
+    {"dtype", (getter)get_dtype, NULL,
+     "dtype of inputs and outputs; also of parameters and buffers, which are float32 for float16.", NULL},
+    {"activation", (getter)get_activation, NULL, "None, or 'relu' for max(0, .) fused into the output.", NULL},
     {NULL},
 };
 

@@ -82,4 +82,7 @@ extern PyMethodDef bn_functional_methods[];
 
 int bn_raise_status(bn_status status);
 
+/* PyArg "O&" converter of an activation name: None -> 0, "relu" -> 1. */
+int bn_activation_converter(PyObject *obj, void *relu);
+
 #endif

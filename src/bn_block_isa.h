@@ -87,9 +87,9 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_TABLE_ENTRY(suffix)                                                          \
     {                                                                                   \
         BN_EXPAND3(sum, suffix, BN_LEVEL), BN_EXPAND3(centered, suffix, BN_LEVEL),      \
-            BN_EXPAND3(grad_sums, suffix, BN_LEVEL), BN_EXPAND3(linear, suffix, BN_LEVEL), \
+            BN_EXPAND3(grad_sums, suffix, BN_LEVEL), BN_EXPAND3(output, suffix, BN_LEVEL), \
             BN_EXPAND3(cl_sum, suffix, BN_LEVEL), BN_EXPAND3(cl_centered, suffix, BN_LEVEL), \
-            BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL), BN_EXPAND3(cl_linear, suffix, BN_LEVEL) \
+            BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL), BN_EXPAND3(cl_output, suffix, BN_LEVEL) \
     }
 
 #define BN_PASTE_TABLE(level) bn_ops_##level

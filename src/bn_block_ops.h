@@ -13,29 +13,51 @@
 
 #include "bn_kernels.h"
 
+/* Per-channel coefficients of the output loops:
+ *   z   = relu_scale * (x - mean) + relu_shift   the forward's pre-activation
+ *   dy' = dy, or 0 where z rounds to <= 0           (with BN_RELU_MASK)
+ *   out = k_const + k_xmu * (x - mean) + k_dy * dy', clamped at 0 with BN_RELU_CLAMP */
+typedef struct {
+    double mean, k_dy, k_xmu, k_const, relu_scale, relu_shift;
+} bn_coefs;
+
+/* The same for channels-last blocks: one vector of C values per coefficient. */
+typedef struct {
+    const double *mean, *k_dy, *k_xmu, *k_const, *relu_scale, *relu_shift;
+} bn_coef_vectors;
+
+/* Which terms an output loop computes. */
+enum { BN_USE_X = 1, BN_USE_DY = 2, BN_RELU_CLAMP = 4, BN_RELU_MASK = 8 };
+
+/* The combinations the kernels use: forward (with or without ReLU), gradient with
+ * batch statistics and with constant ones (each with or without ReLU). */
+#define BN_FOR_EACH_TERMS(CASE)                                                    \
+    CASE(BN_USE_X) CASE(BN_USE_X | BN_RELU_CLAMP) CASE(BN_USE_X | BN_USE_DY)       \
+    CASE(BN_USE_X | BN_USE_DY | BN_RELU_MASK) CASE(BN_USE_DY) CASE(BN_USE_DY | BN_RELU_MASK)
+
 typedef struct {
     /* sum of x */
     double (*sum)(const void *x, int64_t rows, int64_t width, int64_t stride);
     /* sum of (x - mean) and of (x - mean)^2 */
-    void (*centered)(const void *x, int64_t rows, int64_t width, int64_t stride, double mean,
-                     double *sum_d, double *sum_d2);
-    /* sum of dy and of dy * (x - mean) */
+    void (*centered)(const void *x, int64_t rows, int64_t width, int64_t stride, double mean, double *sum_d,
+                     double *sum_d2);
+    /* sum of dy' and of dy' * (x - mean), dy' masked by the forward's ReLU when relu_mask */
     void (*grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
-                      double mean, double *sum_dy, double *sum_dy_xmu);
-    /* out = k_const + k_xmu * (x - mean) + k_dy * dy; x or dy may be NULL: no such term.
-     * stream: write whole cache lines with non-temporal stores. */
-    void (*linear)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
-                   double mean, double k_dy, double k_xmu, double k_const, int stream);
+                      const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    /* out from x and dy (see bn_coefs); stream: write whole cache lines with
+     * non-temporal stores */
+    void (*output)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
+                   const bn_coefs *k, int terms, int stream);
 
     /* Channels-last blocks: `rows` rows of `channels` contiguous values; the
      * results are vectors over channels. */
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
     void (*cl_centered)(const void *x, int64_t rows, int64_t channels, const double *mean, double *sum_d,
                         double *sum_d2);
-    void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
-                         double *sum_dy, double *sum_dy_xmu);
-    void (*cl_linear)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,
-                      const double *mean, const double *k_dy, const double *k_xmu, const double *k_const);
+    void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const bn_coef_vectors *k,
+                         int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,
+                      const bn_coef_vectors *k, int terms);
 } bn_block_ops;
 
 /* Index by bn_dtype; the float16 entry is all NULL where the compiler lacks _Float16. */

@@ -1,12 +1,15 @@
 /*
  * Type-generic block loops, included once per element type by bn_block_isa.h:
- *   BN_T     the element type (float or double)
- *   BN_NAME  a macro that decorates a function name with the type and level
+ *   BN_T               the element type (float, double, _Float16)
+ *   BN_NAME(op)        op decorated with the type and the level
  *   BN_FROM_DOUBLE(v)  the rounding of a double result to BN_T
- * The file is compiled once per x86-64 level with different -m flags; the source
- * fixes the summation order (BN_LANES independent accumulators, element i of a row
- * going to accumulator i % BN_LANES, then a fixed pairwise combine), and the build
- * disables FMA contraction, so every level produces the same bits.
+ * The file is compiled once per x86-64 level with different -m flags. The source
+ * fixes every summation order (BN_LANES independent accumulators, element i of a
+ * row going to accumulator i % BN_LANES, then a fixed pairwise combine; channels-
+ * last rows in order) and the build disables FMA contraction, so every level
+ * produces the same bits. Functions taking a `terms` or `relu_mask` flag are
+ * written once and instantiated for each flag value by constant arguments to
+ * inline helpers.
  */
 
 static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t stride)
@@ -26,8 +29,8 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     return bn_combine_lanes(acc) + tail;
 }
 
-static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64_t stride,
-                              double mean, double *sum_d, double *sum_d2)
+static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64_t stride, double mean,
+                              double *sum_d, double *sum_d2)
 {
     const BN_T *x = xv;
     double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
@@ -51,23 +54,35 @@ static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64
     *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
 }
 
-static void BN_NAME(grad_sums)(const void *xv, const void *dyv, int64_t rows, int64_t width,
-                               int64_t stride, double mean, double *sum_dy, double *sum_dy_xmu)
+/* dy, or 0 where the forward's ReLU output was 0 (PyTorch's threshold_backward:
+ * the gradient passes where the output is > 0). The pre-activation is recomputed
+ * from x and rounded as the forward rounded it, instead of keeping the output. */
+static inline double BN_NAME(masked_dy)(const BN_T *x, const BN_T *dy, int64_t i, int relu_mask, double mean,
+                                        double relu_scale, double relu_shift)
 {
-    const BN_T *x = xv, *dy = dyv;
+    if (relu_mask && !(BN_FROM_DOUBLE(relu_scale * ((double)x[i] - mean) + relu_shift) > 0))
+        return 0.0;
+    return (double)dy[i];
+}
+
+static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
+                                           int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
+                                           double *sum_dy_xmu)
+{
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     double tail_g = 0.0, tail_gx = 0.0;
+    const double mean = k->mean;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
         int64_t i = 0;
         for (; i + BN_LANES <= width; i += BN_LANES)
             for (int j = 0; j < BN_LANES; j++) {
-                double g = (double)gr[i + j];
+                double g = BN_NAME(masked_dy)(xr, gr, i + j, relu_mask, mean, k->relu_scale, k->relu_shift);
                 acc_g[j] += g;
                 acc_gx[j] += g * ((double)xr[i + j] - mean);
             }
         for (; i < width; i++) {
-            double g = (double)gr[i];
+            double g = BN_NAME(masked_dy)(xr, gr, i, relu_mask, mean, k->relu_scale, k->relu_shift);
             tail_g += g;
             tail_gx += g * ((double)xr[i] - mean);
         }
@@ -76,60 +91,73 @@ static void BN_NAME(grad_sums)(const void *xv, const void *dyv, int64_t rows, in
     *sum_dy_xmu = bn_combine_lanes(acc_gx) + tail_gx;
 }
 
-/* out = k_xmu * (x - mean) + k_const + k_dy * dy, without the x term when with_x is
- * 0 (so that a NaN in x cannot leak into an eval-mode gradient, which does not
- * depend on x) and without the dy term when with_dy is 0. The forward transform
- * (k_xmu = gamma * invstd, k_const = beta) and the input gradient share it. */
-static inline BN_T BN_NAME(linear_at)(const BN_T *x, const BN_T *dy, int64_t i, int with_x, int with_dy,
-                                      double mean, double k_dy, double k_xmu, double k_const)
+static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
+                               const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu)
+{
+    if (relu_mask)
+        BN_NAME(grad_sums_rows)(x, dy, rows, width, stride, k, 1, sum_dy, sum_dy_xmu);
+    else
+        BN_NAME(grad_sums_rows)(x, dy, rows, width, stride, k, 0, sum_dy, sum_dy_xmu);
+}
+
+/* One output element; see bn_coefs. Terms left out are not read, so a NaN in x
+ * cannot reach an eval-mode gradient, which does not depend on x. */
+static inline BN_T BN_NAME(output_at)(const BN_T *x, const BN_T *dy, int64_t i, int terms, double mean,
+                                      double k_dy, double k_xmu, double k_const, double relu_scale,
+                                      double relu_shift)
 {
     double value = k_const;
-    if (with_x)
+    if (terms & BN_USE_X)
         value += k_xmu * ((double)x[i] - mean);
-    if (with_dy)
-        value += k_dy * (double)dy[i];
+    if (terms & BN_USE_DY)
+        value += k_dy * BN_NAME(masked_dy)(x, dy, i, terms & BN_RELU_MASK, mean, relu_scale, relu_shift);
+    if ((terms & BN_RELU_CLAMP) && value < 0.0)
+        value = 0.0;
     return BN_FROM_DOUBLE(value);
 }
+
+#define BN_OUTPUT_AT(i) \
+    BN_NAME(output_at)(x, dy, (i), terms, k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift)
 
 /* One output row in three parts: elements up to the first cache-line boundary,
  * whole lines (streamed past the cache when `stream` is set: an output much larger
  * than the cache would otherwise evict the input still to be read, and cost a read
  * of each line before it is written), and the rest. */
-static inline void BN_NAME(linear_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width, int with_x,
-                                       int with_dy, int stream, double mean, double k_dy, double k_xmu,
-                                       double k_const)
+static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
+                                       const bn_coefs *k, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T) };
     int64_t i = 0;
     if (stream) {
         for (; i < width && (uintptr_t)(out + i) % BN_LINE_BYTES != 0; i++)
-            out[i] = BN_NAME(linear_at)(x, dy, i, with_x, with_dy, mean, k_dy, k_xmu, k_const);
+            out[i] = BN_OUTPUT_AT(i);
         for (; i + PER_LINE <= width; i += PER_LINE) {
             BN_T line[PER_LINE];
             for (int l = 0; l < PER_LINE; l++)
-                line[l] = BN_NAME(linear_at)(x, dy, i + l, with_x, with_dy, mean, k_dy, k_xmu, k_const);
+                line[l] = BN_OUTPUT_AT(i + l);
             bn_stream_line(out + i, line);
         }
     }
     for (; i < width; i++)
-        out[i] = BN_NAME(linear_at)(x, dy, i, with_x, with_dy, mean, k_dy, k_xmu, k_const);
+        out[i] = BN_OUTPUT_AT(i);
 }
 
-/* x or dy may be NULL: that term is left out. Each combination is its own
- * inlined loop. */
-static void BN_NAME(linear)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t width,
-                            int64_t stride, double mean, double k_dy, double k_xmu, double k_const, int stream)
+static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t width,
+                            int64_t stride, const bn_coefs *k, int terms, int stream)
 {
     const BN_T *x = xv, *dy = dyv;
     BN_T *out = outv;
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * stride;
-        if (x != NULL && dy != NULL)
-            BN_NAME(linear_row)(x + at, dy + at, out + at, width, 1, 1, stream, mean, k_dy, k_xmu, k_const);
-        else if (x != NULL)
-            BN_NAME(linear_row)(x + at, NULL, out + at, width, 1, 0, stream, mean, k_dy, k_xmu, k_const);
-        else
-            BN_NAME(linear_row)(NULL, dy + at, out + at, width, 0, 1, stream, mean, k_dy, k_xmu, k_const);
+        const BN_T *dy_row = dy ? dy + at : NULL;
+        switch (terms) {
+#define BN_ROW_CASE(t)                                                          \
+    case t:                                                                     \
+        BN_NAME(output_row)(x + at, dy_row, out + at, width, k, t, stream);     \
+        break;
+            BN_FOR_EACH_TERMS(BN_ROW_CASE)
+#undef BN_ROW_CASE
+        }
     }
     if (stream)
         bn_stream_fence();
@@ -167,39 +195,53 @@ static void BN_NAME(cl_centered)(const void *xv, int64_t rows, int64_t channels,
     }
 }
 
-static void BN_NAME(cl_grad_sums)(const void *xv, const void *dyv, int64_t rows, int64_t channels,
-                                  const double *mean, double *sum_dy, double *sum_dy_xmu)
+static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+                                              const bn_coef_vectors *k, int relu_mask, double *sum_dy,
+                                              double *sum_dy_xmu)
 {
-    const BN_T *x = xv, *dy = dyv;
     for (int64_t c = 0; c < channels; c++)
         sum_dy[c] = sum_dy_xmu[c] = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * channels, *gr = dy + r * channels;
         for (int64_t c = 0; c < channels; c++) {
-            double g = (double)gr[c];
+            double g = BN_NAME(masked_dy)(xr, gr, c, relu_mask, k->mean[c], k->relu_scale[c], k->relu_shift[c]);
             sum_dy[c] += g;
-            sum_dy_xmu[c] += g * ((double)xr[c] - mean[c]);
+            sum_dy_xmu[c] += g * ((double)xr[c] - k->mean[c]);
         }
     }
 }
 
-static void BN_NAME(cl_linear)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t channels,
-                               const double *mean, const double *k_dy, const double *k_xmu,
-                               const double *k_const)
+static void BN_NAME(cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels,
+                                  const bn_coef_vectors *k, int relu_mask, double *sum_dy, double *sum_dy_xmu)
 {
-    const BN_T *x = xv, *dy = dyv;
-    BN_T *out = outv;
+    if (relu_mask)
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, k, 1, sum_dy, sum_dy_xmu);
+    else
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, k, 0, sum_dy, sum_dy_xmu);
+}
+
+static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
+                                           int64_t channels, const bn_coef_vectors *k, int terms)
+{
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * channels;
-        if (x != NULL && dy != NULL)
-            for (int64_t c = 0; c < channels; c++)
-                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]) +
-                                             k_dy[c] * (double)dy[at + c]);
-        else if (x != NULL)
-            for (int64_t c = 0; c < channels; c++)
-                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_xmu[c] * ((double)x[at + c] - mean[c]));
-        else
-            for (int64_t c = 0; c < channels; c++)
-                out[at + c] = BN_FROM_DOUBLE(k_const[c] + k_dy[c] * (double)dy[at + c]);
+        for (int64_t c = 0; c < channels; c++)
+            out[at + c] = BN_NAME(output_at)(x + at, dy ? dy + at : NULL, c, terms, k->mean[c], k->k_dy[c],
+                                             k->k_xmu[c], k->k_const[c], k->relu_scale[c], k->relu_shift[c]);
     }
 }
+
+static void BN_NAME(cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,
+                               const bn_coef_vectors *k, int terms)
+{
+    switch (terms) {
+#define BN_CL_CASE(t)                                                   \
+    case t:                                                             \
+        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, k, t);      \
+        break;
+        BN_FOR_EACH_TERMS(BN_CL_CASE)
+#undef BN_CL_CASE
+    }
+}
+
+#undef BN_OUTPUT_AT

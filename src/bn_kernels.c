@@ -1,7 +1,8 @@
 /*
  * Scheduling of the batch-norm kernels over channels and blocks.
  *
- * A kernel is three steps:
+ * A kernel is up to four steps:
+ *   prepare  sets per-channel coefficients that gather needs;
  *   gather   reads a block and writes its partial results per channel;
  *   reduce   merges the partials of one channel in block order, giving the
  *            channel's coefficients;
@@ -38,7 +39,7 @@
 #define BN_STREAM_MIN_BYTES (16 << 20)
 /* Partial results per block and channel, and coefficients per channel. */
 #define BN_PARTIALS 3
-#define BN_COEFS 3
+#define BN_COEFS 5
 
 typedef struct bn_job bn_job;
 typedef void (*bn_block_step)(bn_job *job, int64_t c, int64_t b);
@@ -57,13 +58,14 @@ struct bn_job {
     int64_t rows_per_block;
     int64_t blocks_per_row; /* NCHW blocks that are pieces of one row; else 0 */
     int stream;             /* write the output with non-temporal stores */
-    int x_term;             /* the output depends on x (all but the eval-mode gradient) */
+    int terms;              /* of the output loops: BN_USE_X, BN_USE_DY, BN_RELU_* */
     /* NCHW steps take (c, b); channels-last gather and apply ignore c */
+    bn_channel_step prepare;
     bn_block_step gather;
     bn_channel_step reduce;
     bn_block_step apply;
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
-    double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const */
+    double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
     double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
@@ -71,11 +73,11 @@ struct bn_job {
     const void *gamma, *beta;
     double eps;
     double *mean, *var, *invstd;
-    int batch_stats;
+    int batch_stats, relu;
     void *dgamma, *dbeta;
 };
 
-enum { K_DY = 0, K_XMU = 1, K_CONST = 2 };
+enum { K_DY = 0, K_XMU = 1, K_CONST = 2, K_RELU_SCALE = 3, K_RELU_SHIFT = 4 };
 
 static const size_t elem_sizes[BN_DTYPE_COUNT] = {4, 8, 2};
 
@@ -104,6 +106,18 @@ static double load_or(bn_dtype dtype, const void *p, int64_t i, double fallback)
 
 static double *coef_of(bn_job *job, int k) { return job->coef + k * job->dims.c; }
 
+static bn_coefs coefs_of_channel(bn_job *job, int64_t c)
+{
+    return (bn_coefs){job->mean[c],         coef_of(job, K_DY)[c],         coef_of(job, K_XMU)[c],
+                      coef_of(job, K_CONST)[c], coef_of(job, K_RELU_SCALE)[c], coef_of(job, K_RELU_SHIFT)[c]};
+}
+
+static bn_coef_vectors coef_vectors(bn_job *job)
+{
+    return (bn_coef_vectors){job->mean,           coef_of(job, K_DY),         coef_of(job, K_XMU),
+                             coef_of(job, K_CONST), coef_of(job, K_RELU_SCALE), coef_of(job, K_RELU_SHIFT)};
+}
+
 static double *partials_of(bn_job *job, int64_t c, int64_t b)
 {
     return job->partials + (c * job->blocks_per_channel + b) * BN_PARTIALS;
@@ -123,7 +137,7 @@ static bn_dims canonical_dims(bn_dims d)
 static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
 {
     dims = canonical_dims(dims);
-    *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims, .x_term = 1};
+    *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims};
     const int64_t rows = dims.n * dims.s;
     if (rows == 0)
         return;
@@ -174,6 +188,8 @@ static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 static void channel_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
+    if (job->prepare)
+        job->prepare(job, c);
     if (job->gather)
         for (int64_t b = 0; b < job->blocks_per_channel; b++)
             job->gather(job, c, b);
@@ -188,6 +204,12 @@ static void gather_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
     job->gather(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
+}
+
+static void prepare_task(void *ctx, int64_t c)
+{
+    bn_job *job = ctx;
+    job->prepare(job, c);
 }
 
 static void reduce_task(void *ctx, int64_t c)
@@ -217,6 +239,8 @@ static bn_status run_job(bn_job *job)
     if (!channels_last && d.c >= (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads()) {
         bn_pool_run(d.c, channel_task, job, work);
     } else {
+        if (job->prepare)
+            bn_pool_run(d.c, prepare_task, job, d.c);
         if (job->gather)
             bn_pool_run(nblocks, gather_task, job, work);
         bn_pool_run(d.c, reduce_task, job, d.c * job->blocks_per_channel);
@@ -275,9 +299,10 @@ static void gather_grad_sums(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, c, &blk);
+    const bn_coefs k = coefs_of_channel(job, c);
     double *p = partials_of(job, c, b);
-    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, job->dims.c * job->dims.s,
-                        job->mean[c], &p[0], &p[1]);
+    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, job->dims.c * job->dims.s, &k, job->relu,
+                        &p[0], &p[1]);
 }
 
 static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
@@ -285,8 +310,9 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
+    const bn_coef_vectors k = coef_vectors(job);
     double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
-    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, sum_dy, sum_dy_xmu);
+    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, &k, job->relu, sum_dy, sum_dy_xmu);
     for (int64_t c = 0; c < channels; c++) {
         double *p = partials_of(job, c, b);
         p[0] = sum_dy[c];
@@ -296,12 +322,14 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
 
 /* ---- reduce ---- */
 
-/* Forward coefficients: y = gamma * invstd * (x - mean) + beta. */
+/* Forward coefficients: y = gamma * invstd * (x - mean) + beta; the same affine map
+ * is the pre-activation a ReLU backward masks by. */
 static void set_affine_coef(bn_job *job, int64_t c)
 {
+    const bn_dtype params = param_dtype(job->dtype);
     coef_of(job, K_DY)[c] = 0.0;
-    coef_of(job, K_XMU)[c] = load_or(param_dtype(job->dtype), job->gamma, c, 1.0) * job->invstd[c];
-    coef_of(job, K_CONST)[c] = load_or(param_dtype(job->dtype), job->beta, c, 0.0);
+    coef_of(job, K_XMU)[c] = coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
+    coef_of(job, K_CONST)[c] = coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
 }
 
 /* Chan et al.'s pairwise update, block by block in order. A constant channel has
@@ -324,8 +352,17 @@ static void reduce_moments(bn_job *job, int64_t c)
     set_affine_coef(job, c);
 }
 
-/* dx = gamma * invstd * (dy - sum(dy) / M - xhat * sum(dy * xhat) / M) with batch
- * statistics, dx = gamma * invstd * dy with constant ones; xhat = (x - mean) * invstd. */
+/* The forward's affine map, by which a ReLU backward masks dy. */
+static void set_relu_coef(bn_job *job, int64_t c)
+{
+    const bn_dtype params = param_dtype(job->dtype);
+    coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
+    coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
+}
+
+/* dx = gamma * invstd * (dy' - sum(dy') / M - xhat * sum(dy * xhat) / M) with batch
+ * statistics, dx = gamma * invstd * dy' with constant ones; xhat = (x - mean) * invstd,
+ * dy' = dy masked by the forward's ReLU if there was one. */
 static void reduce_grad(bn_job *job, int64_t c)
 {
     double sum_dy = 0.0, sum_dy_xmu = 0.0;
@@ -347,23 +384,24 @@ static void reduce_grad(bn_job *job, int64_t c)
     coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
 }
 
-/* ---- apply: out = k_xmu * (x - mean) + k_const + k_dy * dy ---- */
+/* ---- apply ---- */
 
-static void apply_linear(bn_job *job, int64_t c, int64_t b)
+static void apply_output(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, c, &blk);
-    job->ops->linear(job->x_term ? job->x + off : NULL, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, blk.width,
-                     job->dims.c * job->dims.s, job->mean[c], coef_of(job, K_DY)[c], coef_of(job, K_XMU)[c],
-                     coef_of(job, K_CONST)[c], job->stream);
+    const bn_coefs k = coefs_of_channel(job, c);
+    job->ops->output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, blk.width,
+                     job->dims.c * job->dims.s, &k, job->terms, job->stream);
 }
 
-static void apply_linear_cl(bn_job *job, int64_t unused, int64_t b)
+static void apply_output_cl(bn_job *job, int64_t unused, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
-    job->ops->cl_linear(job->x_term ? job->x + off : NULL, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
-                        job->mean, coef_of(job, K_DY), coef_of(job, K_XMU), coef_of(job, K_CONST));
+    const bn_coef_vectors k = coef_vectors(job);
+    job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c, &k,
+                        job->terms);
 }
 
 static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)
@@ -371,13 +409,13 @@ static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl
     const int cl = job->dims.channels_last;
     job->gather = cl ? gather_cl : gather;
     job->reduce = reduce;
-    job->apply = cl ? apply_linear_cl : apply_linear;
+    job->apply = cl ? apply_output_cl : apply_output;
 }
 
 /* ---- public kernels ---- */
 
 bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
-                           const void *beta, double eps, double *mean, double *var, double *invstd)
+                           const void *beta, double eps, int relu, double *mean, double *var, double *invstd)
 {
     bn_job job;
     init_job(&job, dtype, dims);
@@ -387,6 +425,7 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
         return BN_OK;
     }
     set_steps(&job, gather_moments, gather_moments_cl, reduce_moments);
+    job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
     job.x = x;
     job.out = y;
     job.gamma = gamma;
@@ -399,13 +438,14 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
 }
 
 bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
-                          const void *beta, const double *mean, const double *invstd)
+                          const void *beta, const double *mean, const double *invstd, int relu)
 {
     bn_job job;
     init_job(&job, dtype, dims);
     if (job.blocks_per_channel == 0)
         return BN_OK;
     set_steps(&job, NULL, NULL, set_affine_coef);
+    job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
     job.x = x;
     job.out = y;
     job.gamma = gamma;
@@ -417,8 +457,8 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
 }
 
 bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
-                      const void *gamma, const double *mean, const double *invstd, int batch_stats,
-                      void *dgamma, void *dbeta)
+                      const void *gamma, const void *beta, const double *mean, const double *invstd,
+                      int batch_stats, int relu, void *dgamma, void *dbeta)
 {
     bn_job job;
     init_job(&job, dtype, dims);
@@ -432,14 +472,18 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
         return BN_OK;
     }
     set_steps(&job, gather_grad_sums, gather_grad_sums_cl, reduce_grad);
+    job.prepare = set_relu_coef;
+    /* with constant statistics dx does not depend on x, except through a ReLU mask */
+    job.terms = (batch_stats ? BN_USE_X : 0) | BN_USE_DY | (relu ? BN_RELU_MASK : 0);
+    job.relu = relu;
     job.x = x;
     job.dy = dy;
     job.out = dx;
     job.gamma = gamma;
+    job.beta = beta;
     job.mean = (double *)mean;
     job.invstd = (double *)invstd;
     job.batch_stats = batch_stats;
-    job.x_term = batch_stats;
     job.dgamma = dgamma;
     job.dbeta = dbeta;
     return run_job(&job);

@@ -30,24 +30,24 @@ typedef struct {
 } bn_dims;
 
 /* Training forward: batch mean and biased variance per channel, then
- * y = (x - mean) * invstd * gamma + beta. gamma and beta (length C, dtype of x)
- * may be NULL for 1 and 0. Writes mean, var (biased) and invstd (length C).
- * Channels with no elements (N * S == 0) get NaN statistics. */
-bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
-                           const void *gamma, const void *beta, double eps,
-                           double *mean, double *var, double *invstd);
+ * y = (x - mean) * invstd * gamma + beta, and y = max(0, y) when relu is set.
+ * gamma and beta (length C) may be NULL for 1 and 0. Writes mean, var (biased)
+ * and invstd (length C). Channels with no elements (N * S == 0) get NaN statistics. */
+bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
+                           const void *beta, double eps, int relu, double *mean, double *var, double *invstd);
 
-/* Forward with given statistics (eval mode): y = (x - mean) * invstd * gamma + beta. */
-bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y,
-                          const void *gamma, const void *beta,
-                          const double *mean, const double *invstd);
+/* Forward with given statistics (eval mode). */
+bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
+                          const void *beta, const double *mean, const double *invstd, int relu);
 
-/* Backward. batch_stats != 0: mean/invstd are x's own batch statistics and the
- * gradient flows through them; batch_stats == 0: they are constants (eval mode).
- * dgamma and dbeta (length C, dtype of x) may be NULL when not wanted. */
-bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
-                      const void *gamma, const double *mean, const double *invstd,
-                      int batch_stats, void *dgamma, void *dbeta);
+/* Backward of the forward with the same gamma, beta, statistics and relu.
+ * batch_stats != 0: mean/invstd are x's own batch statistics and the gradient
+ * flows through them; batch_stats == 0: they are constants (eval mode). With relu,
+ * dy is masked where the forward's output was 0. dgamma and dbeta (length C) may be
+ * NULL when not wanted. */
+bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx, const void *gamma,
+                      const void *beta, const double *mean, const double *invstd, int batch_stats, int relu,
+                      void *dgamma, void *dbeta);
 
 /* Whether this build has float16 kernels. */
 int bn_float16_supported(void);

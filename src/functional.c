@@ -15,12 +15,13 @@ static PyArrayObject *new_stats_vector(npy_intp channels)
 static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "running_mean", "running_var", "weight", "bias", "training",
-                             "momentum", "eps", "out", NULL};
+                             "momentum", "eps", "out", "activation", NULL};
     PyObject *x_obj, *rm_obj = Py_None, *rv_obj = Py_None, *w_obj = Py_None, *b_obj = Py_None, *out_obj = Py_None;
-    int training = 0;
+    int training = 0, relu = 0;
     double momentum = 0.1, eps = 1e-5;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOpddO:batch_norm", kwlist, &x_obj, &rm_obj, &rv_obj,
-                                     &w_obj, &b_obj, &training, &momentum, &eps, &out_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOpddO$O&:batch_norm", kwlist, &x_obj, &rm_obj, &rv_obj,
+                                     &w_obj, &b_obj, &training, &momentum, &eps, &out_obj, bn_activation_converter,
+                                     &relu))
         return NULL;
     if (!(eps > 0.0 && eps < INFINITY)) {
         PyErr_SetString(PyExc_ValueError, "eps must be a positive finite number");
@@ -69,13 +70,14 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     bn_status status = BN_OK;
     Py_BEGIN_ALLOW_THREADS
     if (batch_stats) {
-        status = bn_forward_train(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, eps, mean_p, var_p, invstd_p);
+        status = bn_forward_train(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, eps, relu, mean_p, var_p,
+                                  invstd_p);
         if (status == BN_OK && training && rm != NULL && dims.n * dims.s > 0)
             bn_update_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), mean_p, var_p, dims.n * dims.s,
                               momentum);
     } else {
         bn_stats_from_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), eps, mean_p, invstd_p);
-        status = bn_forward_eval(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, mean_p, invstd_p);
+        status = bn_forward_eval(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, mean_p, invstd_p, relu);
     }
     Py_END_ALLOW_THREADS
     if (bn_raise_status(status) == 0)
@@ -114,17 +116,19 @@ static PyArrayObject *stats_vector(PyObject *obj, npy_intp channels, const char 
 
 static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"dy", "x", "save_mean", "save_invstd", "weight", "training", "out", NULL};
-    PyObject *dy_obj, *x_obj, *mean_obj, *invstd_obj, *w_obj = Py_None, *out_obj = Py_None;
-    int training = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OpO:batch_norm_backward", kwlist, &dy_obj, &x_obj,
-                                     &mean_obj, &invstd_obj, &w_obj, &training, &out_obj))
+    static char *kwlist[] = {"dy", "x", "save_mean", "save_invstd", "weight", "training", "out", "bias", "activation",
+                             NULL};
+    PyObject *dy_obj, *x_obj, *mean_obj, *invstd_obj, *w_obj = Py_None, *out_obj = Py_None, *b_obj = Py_None;
+    int training = 1, relu = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|OpO$OO&:batch_norm_backward", kwlist, &dy_obj, &x_obj,
+                                     &mean_obj, &invstd_obj, &w_obj, &training, &out_obj, &b_obj,
+                                     bn_activation_converter, &relu))
         return NULL;
     PyArrayObject *x = bn_input_array(x_obj, -1, "x");
     if (x == NULL)
         return NULL;
-    PyArrayObject *dy = NULL, *mean = NULL, *invstd = NULL, *weight = NULL, *dx = NULL, *dweight = NULL,
-                  *dbias = NULL;
+    PyArrayObject *dy = NULL, *mean = NULL, *invstd = NULL, *weight = NULL, *bias = NULL, *dx = NULL,
+                  *dweight = NULL, *dbias = NULL;
     PyObject *result = NULL;
     if (bn_check_layout(x, 2, -1, -1) < 0)
         goto done;
@@ -134,7 +138,8 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
         goto done;
     if ((mean = stats_vector(mean_obj, channels, "save_mean")) == NULL ||
         (invstd = stats_vector(invstd_obj, channels, "save_invstd")) == NULL ||
-        bn_param_array(w_obj, bn_param_typenum(typenum), channels, "weight", 0, &weight) < 0)
+        bn_param_array(w_obj, bn_param_typenum(typenum), channels, "weight", 0, &weight) < 0 ||
+        bn_param_array(b_obj, bn_param_typenum(typenum), channels, "bias", 0, &bias) < 0)
         goto done;
     if ((dx = bn_output_array(out_obj, x, "out")) == NULL)
         goto done;
@@ -149,9 +154,9 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
     bn_dtype_from_typenum(typenum, &dtype);
     bn_status status;
     BN_WITHOUT_GIL(status, bn_backward(dtype, bn_dims_of(x), PyArray_DATA(x), PyArray_DATA(dy), PyArray_DATA(dx),
-                                       weight ? PyArray_DATA(weight) : NULL, PyArray_DATA(mean),
-                                       PyArray_DATA(invstd), training, PyArray_DATA(dweight),
-                                       PyArray_DATA(dbias)));
+                                       weight ? PyArray_DATA(weight) : NULL, bias ? PyArray_DATA(bias) : NULL,
+                                       PyArray_DATA(mean), PyArray_DATA(invstd), training, relu,
+                                       PyArray_DATA(dweight), PyArray_DATA(dbias)));
     if (bn_raise_status(status) == 0)
         result = PyTuple_Pack(3, dx, dweight, dbias);
 done:
@@ -160,6 +165,7 @@ done:
     Py_XDECREF(mean);
     Py_XDECREF(invstd);
     Py_XDECREF(weight);
+    Py_XDECREF(bias);
     Py_XDECREF(dx);
     Py_XDECREF(dweight);
     Py_XDECREF(dbias);
@@ -169,15 +175,18 @@ done:
 PyMethodDef bn_functional_methods[] = {
     {"batch_norm", (PyCFunction)(void (*)(void))batch_norm, METH_VARARGS | METH_KEYWORDS,
      "batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1, "
-     "eps=1e-05, out=None)\n--\n\n"
+     "eps=1e-05, out=None, *, activation=None)\n--\n\n"
      "Batch normalisation of x (N, C, *spatial) over all axes but 1; returns (y, save_mean, save_invstd).\n\n"
      "Uses the batch's statistics when training=True or when no running statistics are given, else the\n"
      "running ones. When training with running statistics, updates them in place (momentum is the weight of\n"
      "the new batch; the variance stored is unbiased). save_mean and save_invstd are float64 arrays of\n"
-     "shape (C,), the statistics actually used, for batch_norm_backward."},
+     "shape (C,), the statistics actually used, for batch_norm_backward. activation='relu' applies\n"
+     "max(0, .) to the output in the same pass."},
     {"batch_norm_backward", (PyCFunction)(void (*)(void))batch_norm_backward, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, training=True, out=None)\n--\n\n"
+     "batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, training=True, out=None, *, bias=None, "
+     "activation=None)\n--\n\n"
      "Gradients (dx, dweight, dbias) of batch_norm given dy. training=True: save_mean and save_invstd are x's\n"
-     "batch statistics and the gradient flows through them; training=False: they are constants (eval mode)."},
+     "batch statistics and the gradient flows through them; training=False: they are constants (eval mode).\n"
+     "With activation='relu' (and the forward's bias), dy is masked where the forward's output was 0."},
     {NULL},
 };
