@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import _core
+from ._fold import fold as _fold
 
 _PARAMETERS = {"weight": "gamma", "bias": "beta"}
 _BUFFERS = {"running_mean": "running_mean", "running_var": "running_var"}
@@ -28,6 +29,8 @@ def _as_numpy(value: Any, key: str) -> np.ndarray:
 
 class _BatchNormBase(_core._BatchNorm):
     __slots__ = ()
+
+    fold = _fold
 
     def __repr__(self) -> str:
         return (
@@ -76,7 +79,60 @@ class _BatchNormBase(_core._BatchNorm):
             if key == "num_batches_tracked":
                 self.num_batches_tracked = int(array)
             else:
-                setattr(self, self._state_keys()[key], array.astype(self.dtype))
+                attr = self._state_keys()[key]
+                setattr(self, attr, array.astype(getattr(self, attr).dtype))
+
+    # ---- copying and pickling ----
+    #
+    # pickle, copy.copy and copy.deepcopy all go through the same state: the constructor
+    # arguments, the training flag, num_batches_tracked and copies of gamma, beta and the
+    # running statistics. A copy never shares memory with the original (the module owns its
+    # arrays and the setters copy into them). A copy starts without a pending backward:
+    # the last forward's saved input and grad_gamma / grad_beta are not copied, so
+    # backward() on a fresh copy raises RuntimeError until it has run a forward.
+
+    def _init_args(self) -> tuple:
+        return (self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats, self.dtype,
+                self.activation)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"training": self.training, "num_batches_tracked": self.num_batches_tracked}
+        for attr in ("gamma", "beta", "running_mean", "running_var"):
+            value = getattr(self, attr)
+            if value is not None:
+                state[attr] = value.copy()
+        instance_dict = getattr(self, "__dict__", None)  # a user subclass without __slots__
+        if instance_dict:
+            state["__dict__"] = dict(instance_dict)
+        return state
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        self.training = state["training"]
+        self.num_batches_tracked = state["num_batches_tracked"]
+        for attr in ("gamma", "beta", "running_mean", "running_var"):
+            if attr in state:
+                setattr(self, attr, np.asarray(state[attr]))
+        if "__dict__" in state:
+            self.__dict__.update(state["__dict__"])
+
+    def __reduce__(self):
+        return (type(self), self._init_args(), self.__getstate__())
+
+    def __copy__(self):
+        new = type(self)(*self._init_args())
+        new.__setstate__(self.__getstate__())
+        return new
+
+    def __deepcopy__(self, memo):
+        import copy
+
+        new = type(self)(*self._init_args())
+        memo[id(self)] = new
+        state = self.__getstate__()
+        if "__dict__" in state:
+            state["__dict__"] = copy.deepcopy(state["__dict__"], memo)
+        new.__setstate__(state)
+        return new
 
 
 class BatchNorm1d(_BatchNormBase):
