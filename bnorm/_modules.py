@@ -36,7 +36,8 @@ class _BatchNormBase(_core._BatchNorm):
         return (
             f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
             f"affine={self.affine}, track_running_stats={self.track_running_stats}, "
-            f"dtype={self.dtype.name})"
+            f"dtype={self.dtype.name}"
+            + (f", activation={self.activation!r})" if self.activation else ")")
         )
 
     def _state_keys(self) -> dict[str, str]:
