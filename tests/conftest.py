@@ -53,6 +53,27 @@ def _load_reference():
 reference_module = _load_reference()
 
 
+def _run_python(code, **env):
+    """Run `code` in a fresh interpreter that imports the bnorm these tests import.
+
+    The child's working directory is the folder holding that bnorm package (the
+    checkout for an in-place build, site-packages for an installed one): run from
+    the checkout's root, `import bnorm` would find the source tree, which has no
+    compiled extension when bnorm was installed with pip."""
+    import subprocess
+    import sys
+
+    import bnorm
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(bnorm.__file__).resolve().parents[1], env={**os.environ, **env})
+
+
+@pytest.fixture(scope="session")
+def run_python():
+    return _run_python
+
+
 @pytest.fixture(scope="session")
 def reference():
     return reference_module

@@ -5,8 +5,6 @@ boundaries and merge orders depend only on the shape; no FMA contraction). These
 tests hold them to it, and check each path against the float64 reference.
 """
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -104,26 +102,21 @@ def test_streamed_output_matches_the_reference():
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max())
 
 
-def run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
-
-
 @pytest.mark.parametrize("path", _core.supported_simd_paths())
-def test_bnorm_simd_forces_a_path(path):
+def test_bnorm_simd_forces_a_path(run_python, path):
     result = run_python("import bnorm; print(bnorm.simd_path())", BNORM_SIMD=path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == path
 
 
-def test_bnorm_simd_unknown_value_warns_and_keeps_the_best_path():
+def test_bnorm_simd_unknown_value_warns_and_keeps_the_best_path(run_python):
     result = run_python("import warnings, bnorm; print(bnorm.simd_path())", BNORM_SIMD="sse9")
     assert result.returncode == 0, result.stderr
     assert "unknown SIMD path sse9" in result.stderr
     assert result.stdout.strip() == _core.supported_simd_paths()[-1]
 
 
-def test_bnorm_num_threads_sets_the_default():
+def test_bnorm_num_threads_sets_the_default(run_python):
     result = run_python("import bnorm; print(bnorm.get_num_threads())", BNORM_NUM_THREADS="3")
     assert result.stdout.strip() == "3", result.stderr
     result = run_python("import bnorm; print(bnorm.get_num_threads())", BNORM_NUM_THREADS="many")

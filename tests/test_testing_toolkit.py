@@ -10,8 +10,6 @@ Three kinds of checks:
   term...) fails with an AssertionError.
 """
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -312,7 +310,7 @@ def test_problems_follow_dims_dtypes_and_mode(p_train, p_eval):
     assert p_eval.x.ndim == 2 and p_eval.dtype == np.float32 and not p_eval.training
 
 
-def test_import_without_hypothesis():
+def test_import_without_hypothesis(run_python):
     code = (
         "import sys; sys.modules['hypothesis'] = None\n"      # makes `import hypothesis` fail
         "import bnorm.testing as t\n"
@@ -325,7 +323,8 @@ def test_import_without_hypothesis():
         "    assert 'hypothesis' in str(e), e\n"
         "    print('clear ImportError')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clear ImportError"
 
 
