@@ -11,7 +11,9 @@
 #include <immintrin.h>
 #endif
 
-#define BN_LANES 16
+/* Independent accumulators per reduction: enough to hide the latency of a vector
+ * add on every level (4 AVX-512 registers of 8 doubles, 8 of AVX2, 16 of SSE2). */
+#define BN_LANES 32
 #define BN_LINE_BYTES 64
 
 /* Writes one 64-byte-aligned cache line without reading it into the cache first. */
@@ -38,16 +40,16 @@ static inline void bn_stream_fence(void)
 #endif
 }
 
-/* Pairwise sum of the lane accumulators in a fixed order. */
+/* Pairwise sum of the lane accumulators in a fixed order: halve until one is left. */
 static inline double bn_combine_lanes(const double acc[BN_LANES])
 {
-    double half[BN_LANES / 2];
-    for (int j = 0; j < BN_LANES / 2; j++)
-        half[j] = acc[j] + acc[j + BN_LANES / 2];
-    double quarter[BN_LANES / 4];
-    for (int j = 0; j < BN_LANES / 4; j++)
-        quarter[j] = half[j] + half[j + BN_LANES / 4];
-    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+    double part[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        part[j] = acc[j];
+    for (int width = BN_LANES / 2; width >= 1; width /= 2)
+        for (int j = 0; j < width; j++)
+            part[j] = part[j] + part[j + width];
+    return part[0];
 }
 
 #define BN_PASTE3(a, b, c) a##_##b##_##c
@@ -55,41 +57,49 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 
 #define BN_T float
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
-#define BN_FROM_DOUBLE(v) ((float)(v))
+#define BN_WORK float
+#define BN_FROM_WORK(v) (v)
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_FROM_DOUBLE
+#undef BN_WORK
+#undef BN_FROM_WORK
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
-#define BN_FROM_DOUBLE(v) ((double)(v))
+#define BN_WORK double
+#define BN_FROM_WORK(v) (v)
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_FROM_DOUBLE
+#undef BN_WORK
+#undef BN_FROM_WORK
 
 #if defined(__FLT16_MAX__)
-/* Rounded through float: F16C converts only from float, and every level must
- * round the same way (at most one float16 ulp from the double result). */
+/* Computed in float (float16 has 11 bits; F16C converts from float). */
 #define BN_T _Float16
 #define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
-#define BN_FROM_DOUBLE(v) ((_Float16)(float)(v))
+#define BN_WORK float
+#define BN_FROM_WORK(v) ((_Float16)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_FROM_DOUBLE
+#undef BN_WORK
+#undef BN_FROM_WORK
 #define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
 #else
 #define BN_F16_ENTRY {0}
 #endif
 
-#define BN_TABLE_ENTRY(suffix)                                                          \
-    {                                                                                   \
-        BN_EXPAND3(sum, suffix, BN_LEVEL), BN_EXPAND3(centered, suffix, BN_LEVEL),      \
-            BN_EXPAND3(grad_sums, suffix, BN_LEVEL), BN_EXPAND3(output, suffix, BN_LEVEL), \
-            BN_EXPAND3(cl_sum, suffix, BN_LEVEL), BN_EXPAND3(cl_centered, suffix, BN_LEVEL), \
-            BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL), BN_EXPAND3(cl_output, suffix, BN_LEVEL) \
+#define BN_TABLE_ENTRY(suffix)                                                                  \
+    {                                                                                           \
+        .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), .centered = BN_EXPAND3(centered, suffix, BN_LEVEL), \
+        .grad_sums = BN_EXPAND3(grad_sums, suffix, BN_LEVEL),                                   \
+        .shifted_sums = BN_EXPAND3(shifted_sums, suffix, BN_LEVEL),                             \
+        .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
+        .cl_centered = BN_EXPAND3(cl_centered, suffix, BN_LEVEL),                               \
+        .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
+        .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
     }
 
 #define BN_PASTE_TABLE(level) bn_ops_##level

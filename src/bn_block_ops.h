@@ -44,6 +44,9 @@ typedef struct {
     /* sum of dy' and of dy' * (x - mean), dy' masked by the forward's ReLU when relu_mask */
     void (*grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
                       const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    /* sum of d = x - shift and of d^2 in one pass (float32 and float16 data) */
+    void (*shifted_sums)(const void *x, int64_t rows, int64_t width, int64_t stride, double shift, double *sum_d,
+                         double *sum_d2);
     /* out from x and dy (see bn_coefs); stream: write whole cache lines with
      * non-temporal stores */
     void (*output)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,

@@ -2,7 +2,8 @@
  * Type-generic block loops, included once per element type by bn_block_isa.h:
  *   BN_T               the element type (float, double, _Float16)
  *   BN_NAME(op)        op decorated with the type and the level
- *   BN_FROM_DOUBLE(v)  the rounding of a double result to BN_T
+ *   BN_WORK            the type output loops compute in
+ *   BN_FROM_WORK(v)    the rounding of a BN_WORK result to BN_T
  * The file is compiled once per x86-64 level with different -m flags. The source
  * fixes every summation order (BN_LANES independent accumulators, element i of a
  * row going to accumulator i % BN_LANES, then a fixed pairwise combine; channels-
@@ -38,12 +39,17 @@ static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
-            for (int j = 0; j < BN_LANES; j++) {
-                double d = (double)row[i + j] - mean;
-                acc_d[j] += d;
-                acc_d2[j] += d * d;
-            }
+        /* one loop per accumulator: GCC's vectoriser gives up on a loop that
+         * updates two lane arrays and leaves one of them scalar */
+        for (; i + BN_LANES <= width; i += BN_LANES) {
+            double d[BN_LANES];
+            for (int j = 0; j < BN_LANES; j++)
+                d[j] = (double)row[i + j] - mean;
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d[j] += d[j];
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d2[j] += d[j] * d[j];
+        }
         for (; i < width; i++) {
             double d = (double)row[i] - mean;
             tail_d += d;
@@ -54,13 +60,42 @@ static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64
     *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
 }
 
-/* dy, or 0 where the forward's ReLU output was 0 (PyTorch's threshold_backward:
- * the gradient passes where the output is > 0). The pre-activation is recomputed
- * from x and rounded as the forward rounded it, instead of keeping the output. */
-static inline double BN_NAME(masked_dy)(const BN_T *x, const BN_T *dy, int64_t i, int relu_mask, double mean,
-                                        double relu_scale, double relu_shift)
+/* Output loops compute in BN_WORK (float for float32 and float16 data, double for
+ * float64): a float32 output needs no double arithmetic if x - mean keeps the
+ * precision of the double mean, which the split mean = mean_hi + mean_lo gives
+ * ((x - mean_hi) is exact near the mean, and mean_lo restores what rounding mean
+ * to BN_WORK lost). */
+typedef struct {
+    BN_WORK mean_hi, mean_lo, k_dy, k_xmu, k_const, relu_scale, relu_shift;
+} BN_NAME(work_coefs);
+
+static inline BN_NAME(work_coefs) BN_NAME(to_work)(double mean, double k_dy, double k_xmu, double k_const,
+                                                   double relu_scale, double relu_shift)
 {
-    if (relu_mask && !(BN_FROM_DOUBLE(relu_scale * ((double)x[i] - mean) + relu_shift) > 0))
+    const BN_WORK mean_hi = (BN_WORK)mean;
+    return (BN_NAME(work_coefs)){mean_hi,         (BN_WORK)(mean - (double)mean_hi), (BN_WORK)k_dy,
+                                 (BN_WORK)k_xmu,  (BN_WORK)k_const,                  (BN_WORK)relu_scale,
+                                 (BN_WORK)relu_shift};
+}
+
+/* Whether the forward's ReLU let this element through (output > 0, PyTorch's
+ * threshold_backward): its output recomputed with the forward's operations in the
+ * forward's order, instead of keeping the output. */
+static inline int BN_NAME(relu_passes)(BN_WORK centered, const BN_NAME(work_coefs) *w)
+{
+    return BN_FROM_WORK(w->relu_shift + w->relu_scale * centered) > 0;
+}
+
+static inline BN_WORK BN_NAME(centered_at)(const BN_T *x, int64_t i, const BN_NAME(work_coefs) *w)
+{
+    return ((BN_WORK)x[i] - w->mean_hi) - w->mean_lo;
+}
+
+/* dy, or 0 where the forward's ReLU output was 0. */
+static inline double BN_NAME(masked_dy)(const BN_T *x, const BN_T *dy, int64_t i, int relu_mask,
+                                        const BN_NAME(work_coefs) *w)
+{
+    if (relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered_at)(x, i, w), w))
         return 0.0;
     return (double)dy[i];
 }
@@ -72,17 +107,22 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     double tail_g = 0.0, tail_gx = 0.0;
     const double mean = k->mean;
+    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale,
+                                                   k->relu_shift);
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
-            for (int j = 0; j < BN_LANES; j++) {
-                double g = BN_NAME(masked_dy)(xr, gr, i + j, relu_mask, mean, k->relu_scale, k->relu_shift);
-                acc_g[j] += g;
-                acc_gx[j] += g * ((double)xr[i + j] - mean);
-            }
+        for (; i + BN_LANES <= width; i += BN_LANES) {
+            double g[BN_LANES];
+            for (int j = 0; j < BN_LANES; j++)
+                g[j] = BN_NAME(masked_dy)(xr, gr, i + j, relu_mask, &w);
+            for (int j = 0; j < BN_LANES; j++)
+                acc_g[j] += g[j];
+            for (int j = 0; j < BN_LANES; j++)
+                acc_gx[j] += g[j] * ((double)xr[i + j] - mean);
+        }
         for (; i < width; i++) {
-            double g = BN_NAME(masked_dy)(xr, gr, i, relu_mask, mean, k->relu_scale, k->relu_shift);
+            double g = BN_NAME(masked_dy)(xr, gr, i, relu_mask, &w);
             tail_g += g;
             tail_gx += g * ((double)xr[i] - mean);
         }
@@ -101,45 +141,47 @@ static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int6
 }
 
 /* One output element; see bn_coefs. Terms left out are not read, so a NaN in x
- * cannot reach an eval-mode gradient, which does not depend on x. */
-static inline BN_T BN_NAME(output_at)(const BN_T *x, const BN_T *dy, int64_t i, int terms, double mean,
-                                      double k_dy, double k_xmu, double k_const, double relu_scale,
-                                      double relu_shift)
+ * cannot reach an eval-mode gradient, which does not depend on x. The ReLU mask
+ * recomputes the forward's output (relu_passes). */
+static inline BN_T BN_NAME(output_at)(const BN_T *x, const BN_T *dy, int64_t i, int terms,
+                                      const BN_NAME(work_coefs) *w)
 {
-    double value = k_const;
+    BN_WORK centered = 0;
+    if (terms & (BN_USE_X | BN_RELU_MASK))
+        centered = BN_NAME(centered_at)(x, i, w);
+    BN_WORK value = w->k_const;
     if (terms & BN_USE_X)
-        value += k_xmu * ((double)x[i] - mean);
-    if (terms & BN_USE_DY)
-        value += k_dy * BN_NAME(masked_dy)(x, dy, i, terms & BN_RELU_MASK, mean, relu_scale, relu_shift);
-    if ((terms & BN_RELU_CLAMP) && value < 0.0)
-        value = 0.0;
-    return BN_FROM_DOUBLE(value);
+        value = w->k_const + w->k_xmu * centered;
+    if (terms & BN_USE_DY) {
+        const int passes = !(terms & BN_RELU_MASK) || BN_NAME(relu_passes)(centered, w);
+        value += passes ? w->k_dy * (BN_WORK)dy[i] : (BN_WORK)0;
+    }
+    if ((terms & BN_RELU_CLAMP) && value < 0)
+        value = 0;
+    return BN_FROM_WORK(value);
 }
-
-#define BN_OUTPUT_AT(i) \
-    BN_NAME(output_at)(x, dy, (i), terms, k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift)
 
 /* One output row in three parts: elements up to the first cache-line boundary,
  * whole lines (streamed past the cache when `stream` is set: an output much larger
  * than the cache would otherwise evict the input still to be read, and cost a read
  * of each line before it is written), and the rest. */
 static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
-                                       const bn_coefs *k, int terms, int stream)
+                                       const BN_NAME(work_coefs) *w, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T) };
     int64_t i = 0;
     if (stream) {
         for (; i < width && (uintptr_t)(out + i) % BN_LINE_BYTES != 0; i++)
-            out[i] = BN_OUTPUT_AT(i);
+            out[i] = BN_NAME(output_at)(x, dy, i, terms, w);
         for (; i + PER_LINE <= width; i += PER_LINE) {
             BN_T line[PER_LINE];
             for (int l = 0; l < PER_LINE; l++)
-                line[l] = BN_OUTPUT_AT(i + l);
+                line[l] = BN_NAME(output_at)(x, dy, i + l, terms, w);
             bn_stream_line(out + i, line);
         }
     }
     for (; i < width; i++)
-        out[i] = BN_OUTPUT_AT(i);
+        out[i] = BN_NAME(output_at)(x, dy, i, terms, w);
 }
 
 static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t width,
@@ -147,13 +189,15 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
 {
     const BN_T *x = xv, *dy = dyv;
     BN_T *out = outv;
+    const BN_NAME(work_coefs) w =
+        BN_NAME(to_work)(k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift);
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * stride;
         const BN_T *dy_row = dy ? dy + at : NULL;
         switch (terms) {
 #define BN_ROW_CASE(t)                                                          \
     case t:                                                                     \
-        BN_NAME(output_row)(x + at, dy_row, out + at, width, k, t, stream);     \
+        BN_NAME(output_row)(x + at, dy_row, out + at, width, &w, t, stream);    \
         break;
             BN_FOR_EACH_TERMS(BN_ROW_CASE)
 #undef BN_ROW_CASE
@@ -161,6 +205,40 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
     }
     if (stream)
         bn_stream_fence();
+}
+
+/* Sums of d = x - shift and of d^2 for float32 and float16 data, in one pass: d is
+ * formed in float (exact for x within a factor 2 of the shift, a value of the
+ * block) and accumulated in double, where d^2 is exact. With a value of the block
+ * as the shift, the sum of squares exceeds the centred one at most (n + 1)-fold, so
+ * forming the variance from them loses at most log2(n + 1) of double's 53 bits. */
+static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
+                                  double *sum_d, double *sum_d2)
+{
+    const BN_T *x = xv;
+    const BN_WORK k = (BN_WORK)shift;
+    double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
+    double tail_d = 0.0, tail_d2 = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const BN_T *row = x + r * stride;
+        int64_t i = 0;
+        for (; i + BN_LANES <= width; i += BN_LANES) {
+            double d[BN_LANES];
+            for (int j = 0; j < BN_LANES; j++)
+                d[j] = (double)((BN_WORK)row[i + j] - k);
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d[j] += d[j];
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d2[j] += d[j] * d[j];
+        }
+        for (; i < width; i++) {
+            double d = (double)((BN_WORK)row[i] - k);
+            tail_d += d;
+            tail_d2 += d * d;
+        }
+    }
+    *sum_d = bn_combine_lanes(acc_d) + tail_d;
+    *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
 }
 
 /* ---- channels-last blocks: `rows` rows of `channels` contiguous values, one per
@@ -204,7 +282,9 @@ static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * channels, *gr = dy + r * channels;
         for (int64_t c = 0; c < channels; c++) {
-            double g = BN_NAME(masked_dy)(xr, gr, c, relu_mask, k->mean[c], k->relu_scale[c], k->relu_shift[c]);
+            const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean[c], k->k_dy[c], k->k_xmu[c], k->k_const[c],
+                                                           k->relu_scale[c], k->relu_shift[c]);
+            double g = BN_NAME(masked_dy)(xr, gr, c, relu_mask, &w);
             sum_dy[c] += g;
             sum_dy_xmu[c] += g * ((double)xr[c] - k->mean[c]);
         }
@@ -225,9 +305,11 @@ static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *
 {
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * channels;
-        for (int64_t c = 0; c < channels; c++)
-            out[at + c] = BN_NAME(output_at)(x + at, dy ? dy + at : NULL, c, terms, k->mean[c], k->k_dy[c],
-                                             k->k_xmu[c], k->k_const[c], k->relu_scale[c], k->relu_shift[c]);
+        for (int64_t c = 0; c < channels; c++) {
+            const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean[c], k->k_dy[c], k->k_xmu[c], k->k_const[c],
+                                                           k->relu_scale[c], k->relu_shift[c]);
+            out[at + c] = BN_NAME(output_at)(x + at, dy ? dy + at : NULL, c, terms, &w);
+        }
     }
 }
 
@@ -244,4 +326,3 @@ static void BN_NAME(cl_output)(const void *x, const void *dy, void *out, int64_t
     }
 }
 
-#undef BN_OUTPUT_AT

@@ -257,26 +257,37 @@ done:
 
 /* ---- gather: statistics ---- */
 
-/* Two passes over a cached block: the mean, then the centred sums, whose sum of
- * deviations corrects both for the rounding of the first mean. */
-static void store_moments(double *p, double count, double mean0, double sum_d, double sum_d2)
+/* A block's count, mean and centred sum of squares from sums of deviations d from
+ * `shift`: mean = shift + sum(d) / n, M2 = sum(d^2) - sum(d)^2 / n. With the
+ * block's own mean as the shift, sum(d) only corrects for its rounding. */
+static void store_moments(double *p, double count, double shift, double sum_d, double sum_d2)
 {
     p[0] = count;
-    /* with an infinity in the block the deviations are NaN; the plain mean is right */
-    p[1] = isfinite(sum_d) ? mean0 + sum_d / count : mean0;
+    /* an infinite mean (two-pass with an infinity in the block) makes the deviations NaN */
+    p[1] = isfinite(shift) ? shift + sum_d / count : shift;
     p[2] = sum_d2 - sum_d * sum_d / count;
 }
 
+/* float64 data: two passes, the mean and then the centred sums. float32 and
+ * float16 data: one pass of sums shifted by a value of the block, exact enough in
+ * double for them (see shifted_sums) and half the arithmetic; a non-finite first
+ * value would make every deviation NaN, so the shift is then 0. */
 static void gather_moments(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const char *x = job->x + block_bytes(job, c, &blk);
     const int64_t stride = job->dims.c * job->dims.s;
     const double count = (double)(blk.rows * blk.width);
-    const double mean0 = job->ops->sum(x, blk.rows, blk.width, stride) / count;
-    double sum_d, sum_d2;
-    job->ops->centered(x, blk.rows, blk.width, stride, mean0, &sum_d, &sum_d2);
-    store_moments(partials_of(job, c, b), count, mean0, sum_d, sum_d2);
+    double shift, sum_d, sum_d2;
+    if (job->dtype == BN_FLOAT64) {
+        shift = job->ops->sum(x, blk.rows, blk.width, stride) / count;
+        job->ops->centered(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
+    } else {
+        shift = job->ops->sum(x, 1, 1, stride); /* the first value, whatever the dtype */
+        shift = isfinite(shift) ? shift : 0.0;
+        job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
+    }
+    store_moments(partials_of(job, c, b), count, shift, sum_d, sum_d2);
 }
 
 static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
