@@ -1,0 +1,304 @@
+"""Benchmark bnorm against PyTorch's CPU kernels, plain NumPy and a memory copy.
+
+    cd /work/main && /work/venv/bin/python benchmarks/compare.py [--quick] [--threads N]
+        [--cases resnet-256,small,...] [--repeat R] [--json PATH] [--png PATH]
+
+For every case (shape, dtype) and operation (training forward, eval forward,
+backward after a training forward) all implementations are timed in one
+process, interleaved, after a correctness check against torch. See
+benchmarks/README.md for what exactly is measured and how to read the table.
+A benchmark reports: it exits 0 whether targets pass or miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# `python benchmarks/compare.py` puts benchmarks/ (the helpers) on sys.path but
+# not the repository root, where bnorm is built in place.
+sys.path.insert(1, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _impls  # noqa: E402
+import _report  # noqa: E402
+from _impls import MODULE_OP, OP_LABELS, OPS, TOLERANCE, TRAFFIC, Problem  # noqa: E402
+from _timing import time_interleaved  # noqa: E402
+
+
+def log(msg: str) -> None:
+    """Progress goes to stderr so stdout holds just the report."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def import_bnorm():
+    """bnorm, or None and the reason, so that the other rows still run."""
+    try:
+        import bnorm
+    except Exception as e:  # noqa: BLE001 - any import failure means "skip bnorm"
+        return None, f"import bnorm failed: {type(e).__name__}: {e}"
+    # Before the extension is built, bnorm/ may import as a bare namespace package.
+    if not hasattr(bnorm, "BatchNorm2d"):
+        return None, f"bnorm at {list(getattr(bnorm, '__path__', []))} has no BatchNorm2d (extension not built?)"
+    return bnorm, None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# Fraction of wall time other processes kept a runnable task waiting for a CPU
+# above which a run (or a case, marked * in the table) is flagged as unreliable.
+CONTENTION_LIMIT = 0.1
+
+
+def cpu_stall_us() -> int | None:
+    """Total microseconds some runnable task waited for a CPU (Linux PSI).
+
+    This process never has more runnable threads than --threads, so stall
+    time during the run means other processes competed for the cores.
+    """
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", help="comma-separated subset of: " + ", ".join(_impls.CASES_BY_NAME)
+                    + "; or custom shapes such as 16x32x8x8:float64 (default: all)")
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 11, no extra warm-up call")
+    ap.add_argument("--repeat", type=int, help="repetitions per implementation (default 11, --quick 5)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="threads for bnorm, torch and the copy (default 2; NumPy is single-threaded)")
+    ap.add_argument("--json", type=Path, default=HERE / "results.json", help="raw results (default %(default)s)")
+    ap.add_argument("--png", type=Path, default=HERE / "results.png", help="chart, if matplotlib is installed")
+    args = ap.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 11
+    args.warmup = 0 if args.quick else 1  # untimed calls before the (also untimed) inner-loop sizing
+    if args.threads < 1:
+        ap.error("--threads must be >= 1")
+    return args
+
+
+def check(op: str, impls: list[_impls.Impl], reference: _impls.Impl, dtype) -> tuple[dict, dict]:
+    """Run every implementation once and compare it with torch's result.
+
+    Returns ({impl: relative error}, {impl: reason it is excluded from timing}).
+    A wrong or failing implementation is not timed: a fast wrong kernel must
+    never show up as a result.
+    """
+    errors, excluded = {}, {}
+    ref = reference.outputs(reference.fn())
+    for impl in impls:
+        if impl is reference or impl.name in _impls.COPY_METHODS:
+            continue
+        try:
+            if impl.setup:
+                impl.setup()
+            err = _impls.max_rel_error(impl.outputs(impl.fn()), ref)
+        except Exception as e:  # noqa: BLE001 - report and carry on with the others
+            excluded[impl.name] = f"error: {type(e).__name__}: {e}"
+            log(f"    ! {impl.name} {OP_LABELS[op]} raised {type(e).__name__}: {e}")
+            continue
+        errors[impl.name] = err
+        if err > TOLERANCE[dtype]:
+            excluded[impl.name] = f"wrong: max relative error {err:.3g} vs {reference.name}"
+            log(f"    ! {impl.name} {OP_LABELS[op]} differs from {reference.name}: max relative error "
+                f"{err:.3g} > {TOLERANCE[dtype]:g}; not timed")
+    return errors, excluded
+
+
+def run_op(spec, op: str, impls: list[_impls.Impl], reference: _impls.Impl, args,
+           known_wrong: dict | None = None) -> dict:
+    errors, excluded = check(op, impls, reference, spec.dtype)
+    excluded.update(known_wrong or {})
+    for impl in impls:
+        if impl.setup and impl.name not in excluded:
+            impl.setup()
+    fns = {i.name: i.fn for i in impls if i.name not in excluded}
+    timings = time_interleaved(fns, repeat=args.repeat, warmup=args.warmup)
+    nbytes = int(np.prod(spec.shape)) * spec.dtype.itemsize
+    return {
+        "case": spec.name, "case_label": spec.label, "shape": list(spec.shape), "dtype": spec.dtype.name,
+        "op": op, "resnet": spec.resnet, "small": spec.small,
+        "tensor_bytes": nbytes, "traffic_bytes": TRAFFIC[op] * nbytes,
+        "timings": {name: {"median_ms": t.median * 1e3, "min_ms": t.min * 1e3, "number": t.number,
+                           "samples_ms": [s * 1e3 for s in t.samples]} for name, t in timings.items()},
+        "errors": errors, "excluded": excluded,
+    }
+
+
+def run_case(spec, bnorm, args) -> list[dict]:
+    t0, stall0 = time.perf_counter(), cpu_stall_us()
+    p = Problem(spec)
+    groups = {op: [] for op in OPS}
+    builders = [_impls.torch_impls(p), _impls.numpy_impls(p)]
+    # bnorm's training forward also updates running statistics: check them
+    # once (one step from the same state as torch) and treat a mismatch like
+    # a wrong output.
+    train_wrong = {}
+    if bnorm is not None:
+        try:
+            builders.insert(0, _impls.bnorm_impls(bnorm, p))
+            err = _impls.bnorm_running_stats_error(bnorm, p)
+        except Exception as e:  # noqa: BLE001 - an API mismatch skips bnorm, not the run
+            log(f"    ! bnorm failed on this case, skipped: {type(e).__name__}: {e}")
+            builders = builders[-2:]
+            err = 0.0
+        if err > TOLERANCE[spec.dtype]:
+            log(f"    ! bnorm running statistics differ from torch: max relative error {err:.3g}; "
+                "training forward not timed")
+            reason = f"wrong running statistics: max relative error {err:.3g}"
+            train_wrong = {_impls.BNORM_OUT: reason, _impls.BNORM_ALLOC: reason}
+    for built in builders:
+        for op, impls in built.items():
+            groups[op] += impls
+    copies = _impls.copy_impls(p, args.threads)
+
+    records = []
+    for op in OPS:
+        log(f"  {OP_LABELS[op]}")
+        reference = next(i for i in groups[op] if i.name == _impls.TORCH_ALLOC)
+        records.append(run_op(spec, op, groups[op] + copies, reference, args,
+                              train_wrong if op == "train_fwd" else None))
+    if spec.small:
+        log(f"  {OP_LABELS[MODULE_OP]}")
+        try:
+            impls = _impls.module_impls(bnorm, p)
+        except Exception as e:  # noqa: BLE001
+            log(f"    ! bnorm module failed, skipped: {type(e).__name__}: {e}")
+            impls = _impls.module_impls(None, p)
+        records.append(run_op(spec, MODULE_OP, impls, impls[0], args))
+    elapsed = time.perf_counter() - t0
+    stall1 = cpu_stall_us()
+    stall = (stall1 - stall0) / 1e6 / elapsed if stall0 is not None and stall1 is not None else None
+    for rec in records:
+        rec["cpu_stall_fraction"] = stall
+    log(f"  ({elapsed:.1f} s" + (f", CPU contention {stall:.0%})" if stall is not None else ")"))
+    return records
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        specs = _impls.parse_cases(args.cases)
+    except ValueError as e:
+        print(f"compare.py: {e}", file=sys.stderr)
+        return 2
+    t_start = time.perf_counter()
+    stall_start = cpu_stall_us()
+
+    bnorm, bnorm_missing = import_bnorm()
+    torch.set_num_threads(args.threads)
+    if bnorm is not None:
+        bnorm.set_num_threads(args.threads)
+    simd = bnorm.simd_path() if bnorm is not None and hasattr(bnorm, "simd_path") else None
+
+    meta = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "threads": args.threads,
+        "torch_threads": torch.get_num_threads(),
+        "bnorm_threads": bnorm.get_num_threads() if bnorm is not None and hasattr(bnorm, "get_num_threads") else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "bnorm": getattr(bnorm, "__version__", None) if bnorm is not None else None,
+        "bnorm_simd_path": simd,
+        "bnorm_missing_reason": bnorm_missing,
+        "bnorm_file": getattr(bnorm, "__file__", None) if bnorm is not None else None,
+        "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick,
+        "copy_methods": _impls.COPY_METHODS,
+        "copy_note": "the report's copy is the faster of the two per row",
+        "torch_kernels": {
+            "forward": "torch.native_batch_norm (alloc) / torch.ops.aten.native_batch_norm.out (out=)",
+            "backward": "torch.ops.aten.native_batch_norm_backward (alloc) / .out (out=; torch-generated "
+                        "wrapper that allocates and copies)",
+            "module": "torch.nn.BatchNorm*d forward + torch.autograd.grad",
+        },
+        "tolerance": {k.name: v for k, v in TOLERANCE.items()},
+    }
+
+    log(f"CPU: {meta['cpu_model']} ({meta['cpus_available']} CPUs available), {args.threads} threads")
+    log(f"python {meta['python']}, numpy {meta['numpy']}, torch {meta['torch']}, "
+        + (f"bnorm {meta['bnorm']} (SIMD path {simd})" if bnorm is not None else "bnorm: SKIPPED"))
+    if bnorm is None:
+        log(f"bnorm rows skipped: {bnorm_missing}")
+
+    records = []
+    for k, spec in enumerate(specs, 1):
+        log(f"[{k}/{len(specs)}] {spec.label} {spec.dtype.name} ({spec.name})")
+        records += run_case(spec, bnorm, args)
+        gc.collect()  # release this case's buffers (up to ~2 GB) before the next
+
+    summary_text, targets = _report.summary(records, bnorm is not None)
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    stall_end = cpu_stall_us()
+    contention = None
+    if stall_start is not None and stall_end is not None:
+        contention = (stall_end - stall_start) / 1e6 / meta["elapsed_s"]
+    meta["cpu_stall_fraction"] = contention
+    meta["loadavg_end"] = os.getloadavg()
+
+    print(f"## bnorm benchmark — {meta['cpu_model']}, {args.threads} threads, median of {args.repeat}\n")
+    print(f"python {meta['python']}, numpy {meta['numpy']}, torch {meta['torch']}, "
+          + (f"bnorm {meta['bnorm']} (SIMD {simd})" if bnorm is not None else f"bnorm SKIPPED ({bnorm_missing})"))
+    print()
+    if contention is not None and contention > CONTENTION_LIMIT:
+        print(f"**WARNING: other processes competed for the CPUs during {contention:.0%} of the run "
+              "(/proc/pressure/cpu): timings are unreliable; rerun on an idle machine.**\n")
+    print(_report.markdown_table(records, CONTENTION_LIMIT))
+    print()
+    mt = _report.module_table(records)
+    if mt:
+        print(mt)
+        print()
+    print("torch (alloc): torch.native_batch_norm / aten.native_batch_norm_backward;"
+          " torch (out=): aten.native_batch_norm.out / aten.native_batch_norm_backward.out"
+          " (the latter a torch-generated allocate-and-copy wrapper).")
+    print(f"copy: x (B bytes) into a preallocated buffer, the faster per row of torch's dst.copy_(src)"
+          f" at {args.threads} threads and np.copyto split over {args.threads} Python threads."
+          " numpy: single-threaded.")
+    print("GB/s = minimal traffic / median (fwd: 2B, backward: 3B). torch/bnorm = faster torch variant /"
+          f" {_report.BNORM_OUT}; bnorm/copy = copy GB/s / bnorm GB/s."
+          f" * = case measured while other processes used the CPUs (> {CONTENTION_LIMIT:.0%} stall).")
+    print()
+    print(summary_text)
+    if contention is not None and contention > CONTENTION_LIMIT:
+        print(f"  (measured while other processes competed for the CPUs {contention:.0%} of the time: unreliable)")
+
+    _report.write_json(args.json, meta, records, targets)
+    print(f"\nraw results: {args.json}")
+    if _report.save_png(args.png, records, meta):
+        print(f"chart: {args.png}")
+    else:
+        print("chart skipped: matplotlib not installed (pip install matplotlib)")
+    print(f"elapsed: {meta['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
