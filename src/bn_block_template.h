@@ -191,17 +191,16 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
     BN_T *out = outv;
     const BN_NAME(work_coefs) w =
         BN_NAME(to_work)(k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift);
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t at = r * stride;
-        const BN_T *dy_row = dy ? dy + at : NULL;
-        switch (terms) {
-#define BN_ROW_CASE(t)                                                          \
-    case t:                                                                     \
-        BN_NAME(output_row)(x + at, dy_row, out + at, width, &w, t, stream);    \
+    /* the switch outside the row loop: rows can be as short as a few elements */
+    switch (terms) {
+#define BN_ROW_CASE(t)                                                                          \
+    case t:                                                                                     \
+        for (int64_t r = 0; r < rows; r++)                                                      \
+            BN_NAME(output_row)(x + r * stride, dy ? dy + r * stride : NULL, out + r * stride, width, &w, t, \
+                                stream);                                                        \
         break;
-            BN_FOR_EACH_TERMS(BN_ROW_CASE)
+        BN_FOR_EACH_TERMS(BN_ROW_CASE)
 #undef BN_ROW_CASE
-        }
     }
     if (stream)
         bn_stream_fence();
