@@ -29,6 +29,8 @@ OPTIONS = [
     dict(momentum=0.0, affine=False),
     dict(momentum=1.0, track_running_stats=False, dtype="float64"),
     dict(affine=False, track_running_stats=False),
+    dict(activation="relu", momentum=0.5),
+    dict(dtype=np.float16, activation="relu"),
 ]
 
 
@@ -51,8 +53,8 @@ def trained_module(cls, dims, rng, **options):
 def assert_same_module(a, b):
     assert type(a) is type(b)
     assert repr(a) == repr(b)
-    for attr in ("num_features", "eps", "momentum", "affine", "track_running_stats", "dtype", "training",
-                 "num_batches_tracked"):
+    for attr in ("num_features", "eps", "momentum", "affine", "track_running_stats", "dtype", "activation",
+                 "training", "num_batches_tracked"):
         assert getattr(a, attr) == getattr(b, attr), attr
     for attr in ARRAYS:
         va, vb = getattr(a, attr), getattr(b, attr)
@@ -154,6 +156,20 @@ def test_subclass_with_instance_attributes(rng):
         assert_same_module(bn, clone)
     deep = copy.deepcopy(bn)
     assert deep.tag is not bn.tag and deep.tag["layer"] is not bn.tag["layer"]
+
+
+@pytest.mark.parametrize("how", COPIERS)
+def test_copy_of_a_relu_float16_module_computes_the_same(how, rng):
+    bn = bnorm.BatchNorm3d(5, dtype=np.float16, activation="relu", momentum=None)
+    for _ in range(2):
+        bn(input_for(3, 5, rng, np.float16))
+    clone = COPIERS[how](bn)
+    x = input_for(3, 5, rng, np.float16)
+    dy = rng.standard_normal(x.shape).astype(np.float16)
+    np.testing.assert_array_equal(clone(x), bn(x))
+    np.testing.assert_array_equal(clone.backward(dy), bn.backward(dy))
+    np.testing.assert_array_equal(clone.running_var, bn.running_var)
+    assert clone.num_batches_tracked == bn.num_batches_tracked == 3
 
 
 def test_pickle_is_compact():
