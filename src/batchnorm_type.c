@@ -8,6 +8,7 @@
  * one module are serialised and calls on different modules run in parallel. The
  * lock is always waited for with the GIL released, so it cannot deadlock with it.
  */
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 
@@ -219,7 +220,8 @@ static bn_status run_forward(BatchNormObject *self, PyArrayObject *x, PyArrayObj
     if (status != BN_OK || !self->training || !self->track_running_stats)
         return status;
     /* PyTorch counts a batch even when it is empty, but leaves the statistics. */
-    self->num_batches_tracked++;
+    if (self->num_batches_tracked < LLONG_MAX)
+        self->num_batches_tracked++;
     const int64_t count = dims.n * dims.s;
     if (count > 0) {
         double m = isnan(self->momentum) ? 1.0 / (double)self->num_batches_tracked : self->momentum;
@@ -291,6 +293,11 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     PyArrayObject *dy = NULL, *dx = NULL, *dgamma = NULL, *dbeta = NULL;
     lock_module(self);
     PyArrayObject *x = self->saved_input;
+    if (x != NULL && (PyArray_NDIM(x) < self->min_ndim || PyArray_NDIM(x) > self->max_ndim ||
+                      PyArray_DIM(x, 1) != self->num_features)) {
+        PyErr_SetString(PyExc_RuntimeError, "backward(): the last forward's input was resized since");
+        goto fail;
+    }
     if (x == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "backward() called before forward(): there is no input to differentiate");
         goto fail;
@@ -377,7 +384,8 @@ static PyArrayObject **array_slot(BatchNormObject *self, void *closure)
 static PyObject *get_array(BatchNormObject *self, void *closure)
 {
     PyArrayObject *arr = *array_slot(self, closure);
-    return arr == NULL ? Py_NewRef(Py_None) : Py_NewRef((PyObject *)arr);
+    /* a view: the module's own array cannot be resized through it */
+    return arr == NULL ? Py_NewRef(Py_None) : PyArray_View(arr, NULL, NULL);
 }
 
 static const char *array_name(void *closure)
@@ -515,7 +523,80 @@ static PyMemberDef BatchNorm_members[] = {
     {NULL},
 };
 
+
+/* ---- atomic state (for state_dict / load_state_dict) ---- */
+
+/* (gamma, beta, running_mean, running_var, num_batches_tracked): copies taken under
+ * the module's lock, so they all come from the same moment (None where absent). */
+static PyObject *BatchNorm_get_state(BatchNormObject *self, PyObject *Py_UNUSED(ignored))
+{
+    PyArrayObject *arrays[4] = {self->gamma, self->beta, self->running_mean, self->running_var};
+    PyObject *copies[4] = {NULL, NULL, NULL, NULL};
+    lock_module(self);
+    long long count = self->num_batches_tracked;
+    int failed = 0;
+    for (int i = 0; i < 4 && !failed; i++) {
+        copies[i] = arrays[i] == NULL ? Py_NewRef(Py_None) : PyArray_NewCopy(arrays[i], NPY_CORDER);
+        failed = copies[i] == NULL;
+    }
+    unlock_module(self);
+    PyObject *result = failed ? NULL : Py_BuildValue("(OOOOL)", copies[0], copies[1], copies[2], copies[3], count);
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(copies[i]);
+    return result;
+}
+
+/* _set_state(gamma, beta, running_mean, running_var, num_batches_tracked): each an
+ * array of the parameter dtype and shape (C,), or None to leave it; all assigned
+ * under the module's lock, after all were checked. */
+static PyObject *BatchNorm_set_state(BatchNormObject *self, PyObject *args)
+{
+    PyObject *values[4], *count_obj;
+    if (!PyArg_ParseTuple(args, "OOOOO:_set_state", &values[0], &values[1], &values[2], &values[3], &count_obj))
+        return NULL;
+    PyArrayObject *targets[4] = {self->gamma, self->beta, self->running_mean, self->running_var};
+    static const char *names[4] = {"gamma", "beta", "running_mean", "running_var"};
+    PyArrayObject *sources[4] = {NULL, NULL, NULL, NULL};
+    long long count = -1;
+    PyObject *result = NULL;
+    if (count_obj != Py_None) {
+        count = PyLong_AsLongLong(count_obj);
+        if (count == -1 && PyErr_Occurred())
+            return NULL;
+        if (count < 0) {
+            PyErr_Format(PyExc_ValueError, "num_batches_tracked must be >= 0, got %lld", count);
+            return NULL;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        if (values[i] == Py_None)
+            continue;
+        if (targets[i] == NULL) {
+            PyErr_Format(PyExc_AttributeError, "cannot set %s on this module", names[i]);
+            goto done;
+        }
+        if (bn_param_array(values[i], self->param_typenum, self->num_features, names[i], 0, &sources[i]) < 0)
+            goto done;
+    }
+    lock_module(self);
+    int status = 0;
+    for (int i = 0; i < 4 && status == 0; i++)
+        if (sources[i] != NULL)
+            status = PyArray_CopyInto(targets[i], sources[i]);
+    if (status == 0 && count >= 0)
+        self->num_batches_tracked = count;
+    unlock_module(self);
+    if (status == 0)
+        result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(sources[i]);
+    return result;
+}
+
 static PyMethodDef BatchNorm_methods[] = {
+    {"_get_state", (PyCFunction)BatchNorm_get_state, METH_NOARGS, "Copies of the state, taken atomically."},
+    {"_set_state", (PyCFunction)BatchNorm_set_state, METH_VARARGS, "Assign the state atomically."},
     {"forward", (PyCFunction)(void (*)(void))BatchNorm_forward, METH_VARARGS | METH_KEYWORDS,
      "forward($self, x, /, out=None)\n--\n\n"
      "Normalise x of shape (N, C, *spatial) and return y (a new C-contiguous array, or `out`).\n\n"

@@ -59,21 +59,25 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
 #define BN_WORK float
 #define BN_FROM_WORK(v) (v)
+#define BN_TO_DOUBLE(v) ((double)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
 #undef BN_FROM_WORK
+#undef BN_TO_DOUBLE
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
 #define BN_WORK double
 #define BN_FROM_WORK(v) (v)
+#define BN_TO_DOUBLE(v) ((double)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
 #undef BN_FROM_WORK
+#undef BN_TO_DOUBLE
 
 #if defined(__FLT16_MAX__)
 /* Computed in float (float16 has 11 bits; F16C converts from float). */
@@ -81,11 +85,13 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
 #define BN_WORK float
 #define BN_FROM_WORK(v) ((_Float16)(v))
+#define BN_TO_DOUBLE(v) ((double)(float)(v))
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
 #undef BN_FROM_WORK
+#undef BN_TO_DOUBLE
 #define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
 #else
 #define BN_F16_ENTRY {0}
@@ -99,6 +105,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
         .cl_centered = BN_EXPAND3(cl_centered, suffix, BN_LEVEL),                               \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
+        .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
         .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
     }
 

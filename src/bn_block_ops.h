@@ -57,6 +57,8 @@ typedef struct {
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
     void (*cl_centered)(const void *x, int64_t rows, int64_t channels, const double *mean, double *sum_d,
                         double *sum_d2);
+    void (*cl_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
+                            double *sum_d2);
     void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const bn_coef_vectors *k,
                          int relu_mask, double *sum_dy, double *sum_dy_xmu);
     void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,

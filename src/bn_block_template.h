@@ -4,6 +4,8 @@
  *   BN_NAME(op)        op decorated with the type and the level
  *   BN_WORK            the type output loops compute in
  *   BN_FROM_WORK(v)    the rounding of a BN_WORK result to BN_T
+ *   BN_TO_DOUBLE(v)    a BN_T value as a double (exact; through float for float16,
+ *                      which hardware converts only to float)
  * The file is compiled once per x86-64 level with different -m flags. The source
  * fixes every summation order (BN_LANES independent accumulators, element i of a
  * row going to accumulator i % BN_LANES, then a fixed pairwise combine; channels-
@@ -23,9 +25,9 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
         int64_t i = 0;
         for (; i + BN_LANES <= width; i += BN_LANES)
             for (int j = 0; j < BN_LANES; j++)
-                acc[j] += (double)row[i + j];
+                acc[j] += BN_TO_DOUBLE(row[i + j]);
         for (; i < width; i++)
-            tail += (double)row[i];
+            tail += BN_TO_DOUBLE(row[i]);
     }
     return bn_combine_lanes(acc) + tail;
 }
@@ -44,14 +46,14 @@ static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64
         for (; i + BN_LANES <= width; i += BN_LANES) {
             double d[BN_LANES];
             for (int j = 0; j < BN_LANES; j++)
-                d[j] = (double)row[i + j] - mean;
+                d[j] = BN_TO_DOUBLE(row[i + j]) - mean;
             for (int j = 0; j < BN_LANES; j++)
                 acc_d[j] += d[j];
             for (int j = 0; j < BN_LANES; j++)
                 acc_d2[j] += d[j] * d[j];
         }
         for (; i < width; i++) {
-            double d = (double)row[i] - mean;
+            double d = BN_TO_DOUBLE(row[i]) - mean;
             tail_d += d;
             tail_d2 += d * d;
         }
@@ -97,7 +99,7 @@ static inline double BN_NAME(masked_dy)(const BN_T *x, const BN_T *dy, int64_t i
 {
     if (relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered_at)(x, i, w), w))
         return 0.0;
-    return (double)dy[i];
+    return BN_TO_DOUBLE(dy[i]);
 }
 
 static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
@@ -119,12 +121,12 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
             for (int j = 0; j < BN_LANES; j++)
                 acc_g[j] += g[j];
             for (int j = 0; j < BN_LANES; j++)
-                acc_gx[j] += g[j] * ((double)xr[i + j] - mean);
+                acc_gx[j] += g[j] * (BN_TO_DOUBLE(xr[i + j]) - mean);
         }
         for (; i < width; i++) {
             double g = BN_NAME(masked_dy)(xr, gr, i, relu_mask, &w);
             tail_g += g;
-            tail_gx += g * ((double)xr[i] - mean);
+            tail_gx += g * (BN_TO_DOUBLE(xr[i]) - mean);
         }
     }
     *sum_dy = bn_combine_lanes(acc_g) + tail_g;
@@ -252,7 +254,7 @@ static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, doub
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * channels;
         for (int64_t c = 0; c < channels; c++)
-            sum[c] += (double)row[c];
+            sum[c] += BN_TO_DOUBLE(row[c]);
     }
 }
 
@@ -265,7 +267,25 @@ static void BN_NAME(cl_centered)(const void *xv, int64_t rows, int64_t channels,
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * channels;
         for (int64_t c = 0; c < channels; c++) {
-            double d = (double)row[c] - mean[c];
+            double d = BN_TO_DOUBLE(row[c]) - mean[c];
+            sum_d[c] += d;
+            sum_d2[c] += d * d;
+        }
+    }
+}
+
+/* Channels-last sums of d = x - shift[c] and of d^2 (float32 and float16 data; see
+ * shifted_sums). */
+static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t channels, const double *shift,
+                                     double *sum_d, double *sum_d2)
+{
+    const BN_T *x = xv;
+    for (int64_t c = 0; c < channels; c++)
+        sum_d[c] = sum_d2[c] = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const BN_T *row = x + r * channels;
+        for (int64_t c = 0; c < channels; c++) {
+            double d = (double)((BN_WORK)row[c] - (BN_WORK)shift[c]);
             sum_d[c] += d;
             sum_d2[c] += d * d;
         }
@@ -285,7 +305,7 @@ static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int
                                                            k->relu_scale[c], k->relu_shift[c]);
             double g = BN_NAME(masked_dy)(xr, gr, c, relu_mask, &w);
             sum_dy[c] += g;
-            sum_dy_xmu[c] += g * ((double)xr[c] - k->mean[c]);
+            sum_dy_xmu[c] += g * (BN_TO_DOUBLE(xr[c]) - k->mean[c]);
         }
     }
 }

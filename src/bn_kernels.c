@@ -43,6 +43,10 @@
 /* Outputs at least this large are written past the cache (NCHW): they are far
  * larger than the caches, and the input still to be read should stay there. */
 #define BN_STREAM_MIN_BYTES (16 << 20)
+/* Channels-last data is cut into at most this many row blocks, so that the per-block
+ * vectors over channels stay O(C) (a few hundred bytes per channel) however many
+ * rows there are; each block is read in one pass for float32 and float16. */
+#define BN_CL_MAX_BLOCKS 4
 /* Partial results per block and channel, and coefficients per channel. */
 #define BN_PARTIALS 3
 #define BN_COEFS 5
@@ -146,10 +150,12 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
     dims = canonical_dims(dims);
     *job = (bn_job){.dtype = dtype, .ops = bn_block_ops_for(dtype), .dims = dims};
     const int64_t rows = dims.n * dims.s;
-    if (rows == 0)
+    if (rows == 0 || dims.c == 0)
         return;
     if (dims.channels_last) {
-        job->rows_per_block = dims.c >= BN_BLOCK_ELEMS ? 1 : BN_BLOCK_ELEMS / dims.c;
+        const int64_t rows_for_cache = dims.c >= BN_BLOCK_ELEMS ? 1 : BN_BLOCK_ELEMS / dims.c;
+        const int64_t rows_for_memory = (rows + BN_CL_MAX_BLOCKS - 1) / BN_CL_MAX_BLOCKS;
+        job->rows_per_block = rows_for_cache > rows_for_memory ? rows_for_cache : rows_for_memory;
         job->blocks_per_channel = (rows + job->rows_per_block - 1) / job->rows_per_block;
         return;
     }
@@ -342,13 +348,20 @@ static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const char *x = job->x + block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
-    double *mean0 = job->scratch + b * BN_PARTIALS * channels, *sum_d = mean0 + channels, *sum_d2 = sum_d + channels;
-    job->ops->cl_sum(x, blk.rows, channels, mean0);
+    double *shift = job->scratch + b * BN_PARTIALS * channels, *sum_d = shift + channels, *sum_d2 = sum_d + channels;
+    if (job->dtype == BN_FLOAT64) {
+        job->ops->cl_sum(x, blk.rows, channels, shift);
+        for (int64_t c = 0; c < channels; c++)
+            shift[c] /= (double)blk.rows;
+        job->ops->cl_centered(x, blk.rows, channels, shift, sum_d, sum_d2);
+    } else {
+        job->ops->cl_sum(x, 1, channels, shift); /* the first row's values, whatever the dtype */
+        for (int64_t c = 0; c < channels; c++)
+            shift[c] = isfinite(shift[c]) ? shift[c] : 0.0;
+        job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
+    }
     for (int64_t c = 0; c < channels; c++)
-        mean0[c] /= (double)blk.rows;
-    job->ops->cl_centered(x, blk.rows, channels, mean0, sum_d, sum_d2);
-    for (int64_t c = 0; c < channels; c++)
-        store_moments(partials_of(job, c, b), (double)blk.rows, mean0[c], sum_d[c], sum_d2[c]);
+        store_moments(partials_of(job, c, b), (double)blk.rows, shift[c], sum_d[c], sum_d2[c]);
 }
 
 /* ---- gather: gradient sums ---- */
