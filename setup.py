@@ -2,7 +2,7 @@
 
 The block loops (src/bn_block_*.c) are compiled once per x86-64 level with that
 level's -m flags; everything else is compiled for the baseline, and the level is
-chosen at import from the CPU's features. No -march=native, no -ffast-math: a wheel
+chosen at import from the CPU's features. No tuning for the build machine's CPU and no fast-math: a wheel
 must run on any x86-64 CPU and must not change the process's floating-point mode.
 """
 import platform
