@@ -99,11 +99,10 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 
 #define BN_TABLE_ENTRY(suffix)                                                                  \
     {                                                                                           \
-        .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), .centered = BN_EXPAND3(centered, suffix, BN_LEVEL), \
+        .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), \
         .grad_sums = BN_EXPAND3(grad_sums, suffix, BN_LEVEL),                                   \
         .shifted_sums = BN_EXPAND3(shifted_sums, suffix, BN_LEVEL),                             \
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
-        .cl_centered = BN_EXPAND3(cl_centered, suffix, BN_LEVEL),                               \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
         .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
         .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \

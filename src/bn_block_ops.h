@@ -38,13 +38,10 @@ enum { BN_USE_X = 1, BN_USE_DY = 2, BN_RELU_CLAMP = 4, BN_RELU_MASK = 8 };
 typedef struct {
     /* sum of x */
     double (*sum)(const void *x, int64_t rows, int64_t width, int64_t stride);
-    /* sum of (x - mean) and of (x - mean)^2 */
-    void (*centered)(const void *x, int64_t rows, int64_t width, int64_t stride, double mean, double *sum_d,
-                     double *sum_d2);
     /* sum of dy' and of dy' * (x - mean), dy' masked by the forward's ReLU when relu_mask */
     void (*grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
                       const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu);
-    /* sum of d = x - shift and of d^2 in one pass (float32 and float16 data) */
+    /* sum of d = x - shift and of d^2 (the centred sums when shift is the mean) */
     void (*shifted_sums)(const void *x, int64_t rows, int64_t width, int64_t stride, double shift, double *sum_d,
                          double *sum_d2);
     /* out from x and dy (see bn_coefs); stream: write whole cache lines with
@@ -55,8 +52,6 @@ typedef struct {
     /* Channels-last blocks: `rows` rows of `channels` contiguous values; the
      * results are vectors over channels. */
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
-    void (*cl_centered)(const void *x, int64_t rows, int64_t channels, const double *mean, double *sum_d,
-                        double *sum_d2);
     void (*cl_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
                             double *sum_d2);
     void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const bn_coef_vectors *k,

@@ -32,36 +32,6 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     return bn_combine_lanes(acc) + tail;
 }
 
-static void BN_NAME(centered)(const void *xv, int64_t rows, int64_t width, int64_t stride, double mean,
-                              double *sum_d, double *sum_d2)
-{
-    const BN_T *x = xv;
-    double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
-    double tail_d = 0.0, tail_d2 = 0.0;
-    for (int64_t r = 0; r < rows; r++) {
-        const BN_T *row = x + r * stride;
-        int64_t i = 0;
-        /* one loop per accumulator: GCC's vectoriser gives up on a loop that
-         * updates two lane arrays and leaves one of them scalar */
-        for (; i + BN_LANES <= width; i += BN_LANES) {
-            double d[BN_LANES];
-            for (int j = 0; j < BN_LANES; j++)
-                d[j] = BN_TO_DOUBLE(row[i + j]) - mean;
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d[j] += d[j];
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d2[j] += d[j] * d[j];
-        }
-        for (; i < width; i++) {
-            double d = BN_TO_DOUBLE(row[i]) - mean;
-            tail_d += d;
-            tail_d2 += d * d;
-        }
-    }
-    *sum_d = bn_combine_lanes(acc_d) + tail_d;
-    *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
-}
-
 /* Output loops compute in BN_WORK (float for float32 and float16 data, double for
  * float64): a float32 output needs no double arithmetic if x - mean keeps the
  * precision of the double mean, which the split mean = mean_hi + mean_lo gives
@@ -208,9 +178,11 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
         bn_stream_fence();
 }
 
-/* Sums of d = x - shift and of d^2 for float32 and float16 data, in one pass: d is
- * formed in float (exact for x within a factor 2 of the shift, a value of the
- * block) and accumulated in double, where d^2 is exact. With a value of the block
+/* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
+ * block's mean as the shift these are the centred sums of a two-pass variance. For
+ * float32 and float16 data, in one pass: d is formed in float (exact for x within a
+ * factor 2 of the shift, a value of the block) and accumulated in double, where d^2
+ * is exact. With a value of the block
  * as the shift, the sum of squares exceeds the centred one at most (n + 1)-fold, so
  * forming the variance from them loses at most log2(n + 1) of double's 53 bits. */
 static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
@@ -258,24 +230,7 @@ static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, doub
     }
 }
 
-static void BN_NAME(cl_centered)(const void *xv, int64_t rows, int64_t channels, const double *mean,
-                                 double *sum_d, double *sum_d2)
-{
-    const BN_T *x = xv;
-    for (int64_t c = 0; c < channels; c++)
-        sum_d[c] = sum_d2[c] = 0.0;
-    for (int64_t r = 0; r < rows; r++) {
-        const BN_T *row = x + r * channels;
-        for (int64_t c = 0; c < channels; c++) {
-            double d = BN_TO_DOUBLE(row[c]) - mean[c];
-            sum_d[c] += d;
-            sum_d2[c] += d * d;
-        }
-    }
-}
-
-/* Channels-last sums of d = x - shift[c] and of d^2 (float32 and float16 data; see
- * shifted_sums). */
+/* Channels-last sums of d = x - shift[c] and of d^2 (see shifted_sums). */
 static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t channels, const double *shift,
                                      double *sum_d, double *sum_d2)
 {

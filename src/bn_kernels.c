@@ -334,7 +334,7 @@ static void gather_moments(bn_job *job, int64_t c, int64_t b)
     double shift, sum_d, sum_d2;
     if (job->dtype == BN_FLOAT64) {
         shift = job->ops->sum(x, blk.rows, blk.width, stride) / count;
-        job->ops->centered(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
+        job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     } else {
         shift = job->ops->sum(x, 1, 1, stride); /* the first value, whatever the dtype */
         shift = isfinite(shift) ? shift : 0.0;
@@ -353,7 +353,7 @@ static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
         job->ops->cl_sum(x, blk.rows, channels, shift);
         for (int64_t c = 0; c < channels; c++)
             shift[c] /= (double)blk.rows;
-        job->ops->cl_centered(x, blk.rows, channels, shift, sum_d, sum_d2);
+        job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     } else {
         job->ops->cl_sum(x, 1, channels, shift); /* the first row's values, whatever the dtype */
         for (int64_t c = 0; c < channels; c++)

@@ -69,6 +69,21 @@ def _run_python(code, **env):
                           cwd=pathlib.Path(bnorm.__file__).resolve().parents[1], env={**os.environ, **env})
 
 
+_FIGURE_MODULES = []
+
+
+def pytest_collection_modifyitems(items):
+    _FIGURE_MODULES.extend(dict.fromkeys(item.module for item in items if hasattr(item.module, "FIGURES")))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the figures (calls made, memory growth, times) that test modules append
+    to their module-level FIGURES list."""
+    for module in _FIGURE_MODULES:
+        for line in module.FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def run_python():
     return _run_python

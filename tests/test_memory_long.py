@@ -48,18 +48,8 @@ WARMUP = 2_000
 TRACED_BOUND = 64 * 1024
 RSS_BOUND = 4 * 1024 * 1024
 SHAPE = (4, 8, 4, 4)  # 512 values: a small input, so per-call overhead dominates
-FIGURES = []
+FIGURES = []  # printed in pytest's summary by conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def summary(request):
-    class Plugin:
-        def pytest_terminal_summary(self, terminalreporter):
-            for line in FIGURES:
-                terminalreporter.write_line(line)
-
-    request.config.pluginmanager.register(Plugin(), "bnorm-memory-summary")
-    yield
 
 
 def rss_bytes():

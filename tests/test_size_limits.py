@@ -30,18 +30,8 @@ ELEMENTS = H * H
 TAIL = ELEMENTS - 2**31
 R = 64  # rows in the tile
 TAIL_VALUE = 1000.0
-FIGURES = []
+FIGURES = []  # printed in pytest's summary by conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def summary(request):
-    class Plugin:
-        def pytest_terminal_summary(self, terminalreporter):
-            for line in FIGURES:
-                terminalreporter.write_line(line)
-
-    request.config.pluginmanager.register(Plugin(), "bnorm-size-summary")
-    yield
 
 
 def peak_rss_gib():

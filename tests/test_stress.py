@@ -36,18 +36,8 @@ import bnorm
 THREADS = 8
 DURATION = float(os.environ.get("BNORM_STRESS_SECONDS", "20"))
 EPS = 1e-5
-SUMMARY = []
+FIGURES = []  # printed in pytest's summary by conftest.py
 
-
-@pytest.fixture(scope="module", autouse=True)
-def summary(request):
-    class Plugin:
-        def pytest_terminal_summary(self, terminalreporter):
-            for line in SUMMARY:
-                terminalreporter.write_line(line)
-
-    request.config.pluginmanager.register(Plugin(), "bnorm-stress-summary")
-    yield
 
 
 def run_threads(targets, seconds):
@@ -202,7 +192,7 @@ class SharedModule:
         run_threads([getattr(self, role) for role in roles], seconds)
         elapsed = time.monotonic() - start
         total = sum(self.counts.values())
-        SUMMARY.append(f"stress, {what}: {total} calls by {len(roles)} threads in {elapsed:.1f} s "
+        FIGURES.append(f"stress, {what}: {total} calls by {len(roles)} threads in {elapsed:.1f} s "
                        f"({', '.join(f'{k} {v}' for k, v in self.counts.items() if v)}); "
                        f"torn observations: {len(self.torn)}")
         assert not self.torn, f"{len(self.torn)} torn observations, e.g.:\n" + "\n".join(self.torn[:5])
@@ -338,7 +328,7 @@ def test_separate_modules_match_a_serial_run():
     run_threads([worker] * THREADS, 0.4 * DURATION)
     elapsed = time.monotonic() - start
     calls = sum(rounds) * STEPS
-    SUMMARY.append(f"stress, separate modules: {calls} calls ({sum(rounds)} script rounds, {STEPS} steps each) "
+    FIGURES.append(f"stress, separate modules: {calls} calls ({sum(rounds)} script rounds, {STEPS} steps each) "
                    f"by {THREADS} threads in {elapsed:.1f} s, all compared bit for bit with a serial run; "
                    f"mismatches: {len(mismatches)}")
     assert not mismatches, "\n".join(mismatches[:10])
