@@ -11,6 +11,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "binding.h"
 #include <structmember.h>
@@ -140,7 +141,10 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     if (self == NULL)
         goto fail;
     self->lock = PyThread_allocate_lock();
-    self->stats = PyMem_Calloc(3 * (size_t)num_features, sizeof(double));
+    /* 3 * num_features can wrap around size_t for absurd counts; such a module
+       could never be allocated anyway, so refuse it before multiplying. */
+    if (self->lock != NULL && (size_t)num_features <= SIZE_MAX / 3)
+        self->stats = PyMem_Calloc(3 * (size_t)num_features, sizeof(double));
     if (self->lock == NULL || self->stats == NULL) {
         PyErr_NoMemory();
         goto fail;

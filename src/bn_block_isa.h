@@ -55,43 +55,122 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_PASTE3(a, b, c) a##_##b##_##c
 #define BN_EXPAND3(a, b, c) BN_PASTE3(a, b, c)
 
+/* Conversions between elements and the type loops compute in (see
+ * bn_block_template.h). float and double compute in their own type: chunks are the
+ * elements themselves, read and written in place. */
+#define BN_SAME_WIDE_CHUNK(v, p) const BN_WORK *v = (p)
+#define BN_SAME_OUT_CHUNK(o, p) BN_WORK *o = (p)
+#define BN_SAME_OUT_CHUNK_STORE(o, p) (void)(o)
+#define BN_CAST_WIDEN1(p) ((BN_WORK) * (p))
+#define BN_CAST_NARROW1(p, v) (*(p) = (BN_T)(v))
+
 #define BN_T float
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
 #define BN_WORK float
-#define BN_FROM_WORK(v) (v)
-#define BN_TO_DOUBLE(v) ((double)(v))
+#define BN_WIDE_CHUNK BN_SAME_WIDE_CHUNK
+#define BN_OUT_CHUNK BN_SAME_OUT_CHUNK
+#define BN_OUT_CHUNK_STORE BN_SAME_OUT_CHUNK_STORE
+#define BN_WIDEN1 BN_CAST_WIDEN1
+#define BN_NARROW1 BN_CAST_NARROW1
+#define BN_ZERO_BELOW 0.0f
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
-#undef BN_FROM_WORK
-#undef BN_TO_DOUBLE
+#undef BN_ZERO_BELOW
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
 #define BN_WORK double
-#define BN_FROM_WORK(v) (v)
-#define BN_TO_DOUBLE(v) ((double)(v))
+#define BN_ZERO_BELOW 0.0
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
-#undef BN_FROM_WORK
-#undef BN_TO_DOUBLE
+#undef BN_ZERO_BELOW
+#undef BN_WIDE_CHUNK
+#undef BN_OUT_CHUNK
+#undef BN_OUT_CHUNK_STORE
+#undef BN_WIDEN1
+#undef BN_NARROW1
 
 #if defined(__FLT16_MAX__)
-/* Computed in float (float16 has 11 bits; F16C converts from float). */
+/* float16 is computed in float (it has 11 bits). Conversions use F16C where the
+ * level has it: the vector instructions for chunks, the scalar ones for single
+ * elements (GCC would otherwise convert float16 to double through a library call). */
+static inline void bn_f16_widen_lanes(float *d, const _Float16 *s)
+{
+#if defined(__AVX512F__)
+    for (int k = 0; k < BN_LANES; k += 16)
+        _mm512_storeu_ps(d + k, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + k))));
+#elif defined(__F16C__)
+    for (int k = 0; k < BN_LANES; k += 8)
+        _mm256_storeu_ps(d + k, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + k))));
+#else
+    for (int j = 0; j < BN_LANES; j++)
+        d[j] = (float)s[j];
+#endif
+}
+
+static inline void bn_f16_narrow_lanes(_Float16 *d, const float *s)
+{
+#if defined(__AVX512F__)
+    for (int k = 0; k < BN_LANES; k += 16)
+        _mm256_storeu_si256((__m256i *)(d + k), _mm512_cvtps_ph(_mm512_loadu_ps(s + k), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__F16C__)
+    for (int k = 0; k < BN_LANES; k += 8)
+        _mm_storeu_si128((__m128i *)(d + k), _mm256_cvtps_ph(_mm256_loadu_ps(s + k), _MM_FROUND_TO_NEAREST_INT));
+#else
+    for (int j = 0; j < BN_LANES; j++)
+        d[j] = (_Float16)s[j];
+#endif
+}
+
+static inline float bn_f16_widen1(const _Float16 *p)
+{
+#if defined(__F16C__)
+    unsigned short bits;
+    memcpy(&bits, p, sizeof bits);
+    return _cvtsh_ss(bits);
+#else
+    return (float)*p;
+#endif
+}
+
+static inline void bn_f16_narrow1(_Float16 *p, float v)
+{
+#if defined(__F16C__)
+    const unsigned short bits = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(p, &bits, sizeof bits);
+#else
+    *p = (_Float16)v;
+#endif
+}
+
 #define BN_T _Float16
 #define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
 #define BN_WORK float
-#define BN_FROM_WORK(v) ((_Float16)(v))
-#define BN_TO_DOUBLE(v) ((double)(float)(v))
+#define BN_WIDE_CHUNK(v, p)                                                             \
+    float v##_converted[BN_LANES];                                                      \
+    bn_f16_widen_lanes(v##_converted, p);                                               \
+    const float *v = v##_converted
+#define BN_OUT_CHUNK(o, p) float o[BN_LANES]
+#define BN_OUT_CHUNK_STORE(o, p) bn_f16_narrow_lanes(p, o)
+#define BN_WIDEN1 bn_f16_widen1
+#define BN_NARROW1 bn_f16_narrow1
+/* a float rounds to a positive float16 only above half the smallest subnormal, 2^-24
+ * (exactly half rounds to even: 0) */
+#define BN_ZERO_BELOW 0x1p-25f
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
-#undef BN_FROM_WORK
-#undef BN_TO_DOUBLE
+#undef BN_WIDE_CHUNK
+#undef BN_OUT_CHUNK
+#undef BN_OUT_CHUNK_STORE
+#undef BN_WIDEN1
+#undef BN_NARROW1
+#undef BN_ZERO_BELOW
 #define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
 #else
 #define BN_F16_ENTRY {0}
@@ -105,6 +184,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
         .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
+        .cl_set_work_coefs = BN_EXPAND3(cl_set_work_coefs, suffix, BN_LEVEL),                   \
         .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
     }
 

@@ -21,10 +21,10 @@ typedef struct {
     double mean, k_dy, k_xmu, k_const, relu_scale, relu_shift;
 } bn_coefs;
 
-/* The same for channels-last blocks: one vector of C values per coefficient. */
-typedef struct {
-    const double *mean, *k_dy, *k_xmu, *k_const, *relu_scale, *relu_shift;
-} bn_coef_vectors;
+/* Channels-last output and gradient loops read the coefficients converted to the
+ * type they compute in, as this many vectors over channels (cl_set_work_coefs);
+ * a buffer of BN_WORK_COEFS * C doubles holds them for every dtype. */
+#define BN_WORK_COEFS 7
 
 /* Which terms an output loop computes. */
 enum { BN_USE_X = 1, BN_USE_DY = 2, BN_RELU_CLAMP = 4, BN_RELU_MASK = 8 };
@@ -54,10 +54,12 @@ typedef struct {
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
     void (*cl_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
                             double *sum_d2);
-    void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const bn_coef_vectors *k,
-                         int relu_mask, double *sum_dy, double *sum_dy_xmu);
-    void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,
-                      const bn_coef_vectors *k, int terms);
+    /* channel c's coefficients into `work` (BN_WORK_COEFS vectors of `channels`) */
+    void (*cl_set_work_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *work);
+    void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
+                         const void *work, int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels, const void *work,
+                      int terms);
 } bn_block_ops;
 
 /* Index by bn_dtype; the float16 entry is all NULL where the compiler lacks _Float16. */

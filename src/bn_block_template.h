@@ -1,11 +1,22 @@
 /*
  * Type-generic block loops, included once per element type by bn_block_isa.h:
- *   BN_T               the element type (float, double, _Float16)
- *   BN_NAME(op)        op decorated with the type and the level
- *   BN_WORK            the type output loops compute in
- *   BN_FROM_WORK(v)    the rounding of a BN_WORK result to BN_T
- *   BN_TO_DOUBLE(v)    a BN_T value as a double (exact; through float for float16,
- *                      which hardware converts only to float)
+ *   BN_T                    the element type (float, double, _Float16)
+ *   BN_NAME(op)             op decorated with the type and the level
+ *   BN_WORK                 the type output loops compute in (float for float32 and
+ *                           float16 data, double for float64)
+ *   BN_WIDE_CHUNK(v, p)     declares `const BN_WORK *v`: the BN_LANES elements at p
+ *                           as BN_WORK (p itself where BN_T is BN_WORK, else a
+ *                           converted copy)
+ *   BN_OUT_CHUNK(o, p)      declares `BN_WORK *o` for BN_LANES results bound for p;
+ *   BN_OUT_CHUNK_STORE(o, p)  then rounds them into p (nothing to do where BN_T is
+ *                           BN_WORK: o was p)
+ *   BN_WIDEN1(p), BN_NARROW1(p, v)   one element to BN_WORK and back
+ *   BN_ZERO_BELOW           the largest BN_WORK value that rounds to an element <= 0
+ * Every loop converts whole chunks of BN_LANES elements, then the rest one by one:
+ * the chunk conversions are where float16 uses F16C's vector instructions (a
+ * compiler left to itself converts float16 one element at a time, or calls a
+ * library routine for float16 to double).
+ *
  * The file is compiled once per x86-64 level with different -m flags. The source
  * fixes every summation order (BN_LANES independent accumulators, element i of a
  * row going to accumulator i % BN_LANES, then a fixed pairwise combine; channels-
@@ -23,54 +34,111 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
+        for (; i + BN_LANES <= width; i += BN_LANES) {
+            BN_WIDE_CHUNK(v, row + i);
             for (int j = 0; j < BN_LANES; j++)
-                acc[j] += BN_TO_DOUBLE(row[i + j]);
+                acc[j] += (double)v[j];
+        }
         for (; i < width; i++)
-            tail += BN_TO_DOUBLE(row[i]);
+            tail += (double)BN_WIDEN1(row + i);
     }
     return bn_combine_lanes(acc) + tail;
 }
 
-/* Output loops compute in BN_WORK (float for float32 and float16 data, double for
- * float64): a float32 output needs no double arithmetic if x - mean keeps the
- * precision of the double mean, which the split mean = mean_hi + mean_lo gives
- * ((x - mean_hi) is exact near the mean, and mean_lo restores what rounding mean
- * to BN_WORK lost). */
+/* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
+ * block's mean as the shift these are the centred sums of a two-pass variance. For
+ * float32 and float16 data, in one pass: d is formed in float (exact for x within a
+ * factor 2 of the shift, a value of the block) and accumulated in double, where d^2
+ * is exact. With a value of the block as the shift, the sum of squares exceeds the
+ * centred one at most (n + 1)-fold, so forming the variance from them loses at most
+ * log2(n + 1) of double's 53 bits. */
+static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
+                                  double *sum_d, double *sum_d2)
+{
+    const BN_T *x = xv;
+    const BN_WORK k = (BN_WORK)shift;
+    double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
+    double tail_d = 0.0, tail_d2 = 0.0;
+    for (int64_t r = 0; r < rows; r++) {
+        const BN_T *row = x + r * stride;
+        int64_t i = 0;
+        for (; i + BN_LANES <= width; i += BN_LANES) {
+            BN_WIDE_CHUNK(v, row + i);
+            double d[BN_LANES];
+            for (int j = 0; j < BN_LANES; j++)
+                d[j] = (double)(v[j] - k);
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d[j] += d[j];
+            for (int j = 0; j < BN_LANES; j++)
+                acc_d2[j] += d[j] * d[j];
+        }
+        for (; i < width; i++) {
+            double d = (double)(BN_WIDEN1(row + i) - k);
+            tail_d += d;
+            tail_d2 += d * d;
+        }
+    }
+    *sum_d = bn_combine_lanes(acc_d) + tail_d;
+    *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
+}
+
+/* ---- per-element formulas, on BN_WORK values ----
+ *
+ * Output loops compute in BN_WORK: a float32 output needs no double arithmetic if
+ * x - mean keeps the precision of the double mean, which the split
+ * mean = mean_hi + mean_lo gives ((x - mean_hi) is exact near the mean, and mean_lo
+ * restores what rounding mean to BN_WORK lost). */
 typedef struct {
     BN_WORK mean_hi, mean_lo, k_dy, k_xmu, k_const, relu_scale, relu_shift;
 } BN_NAME(work_coefs);
 
-static inline BN_NAME(work_coefs) BN_NAME(to_work)(double mean, double k_dy, double k_xmu, double k_const,
-                                                   double relu_scale, double relu_shift)
+static inline BN_NAME(work_coefs) BN_NAME(to_work)(const bn_coefs *k)
 {
-    const BN_WORK mean_hi = (BN_WORK)mean;
-    return (BN_NAME(work_coefs)){mean_hi,         (BN_WORK)(mean - (double)mean_hi), (BN_WORK)k_dy,
-                                 (BN_WORK)k_xmu,  (BN_WORK)k_const,                  (BN_WORK)relu_scale,
-                                 (BN_WORK)relu_shift};
+    const BN_WORK mean_hi = (BN_WORK)k->mean;
+    return (BN_NAME(work_coefs)){mean_hi,           (BN_WORK)(k->mean - (double)mean_hi), (BN_WORK)k->k_dy,
+                                 (BN_WORK)k->k_xmu, (BN_WORK)k->k_const,                  (BN_WORK)k->relu_scale,
+                                 (BN_WORK)k->relu_shift};
 }
 
-/* Whether the forward's ReLU let this element through (output > 0, PyTorch's
- * threshold_backward): its output recomputed with the forward's operations in the
- * forward's order, instead of keeping the output. */
+static inline BN_WORK BN_NAME(centered)(BN_WORK x, const BN_NAME(work_coefs) *w)
+{
+    return (x - w->mean_hi) - w->mean_lo;
+}
+
+/* Whether the forward's ReLU let this element through (its output > 0, PyTorch's
+ * threshold_backward): the forward's pre-activation recomputed with the forward's
+ * operations in the forward's order, instead of keeping the output. */
 static inline int BN_NAME(relu_passes)(BN_WORK centered, const BN_NAME(work_coefs) *w)
 {
-    return BN_FROM_WORK(w->relu_shift + w->relu_scale * centered) > 0;
-}
-
-static inline BN_WORK BN_NAME(centered_at)(const BN_T *x, int64_t i, const BN_NAME(work_coefs) *w)
-{
-    return ((BN_WORK)x[i] - w->mean_hi) - w->mean_lo;
+    return w->relu_shift + w->relu_scale * centered > BN_ZERO_BELOW;
 }
 
 /* dy, or 0 where the forward's ReLU output was 0. */
-static inline double BN_NAME(masked_dy)(const BN_T *x, const BN_T *dy, int64_t i, int relu_mask,
-                                        const BN_NAME(work_coefs) *w)
+static inline BN_WORK BN_NAME(masked_dy)(BN_WORK x, BN_WORK dy, int relu_mask, const BN_NAME(work_coefs) *w)
 {
-    if (relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered_at)(x, i, w), w))
-        return 0.0;
-    return BN_TO_DOUBLE(dy[i]);
+    return relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered)(x, w), w) ? 0 : dy;
 }
+
+/* One output value; see bn_coefs. Terms left out are not read, so a NaN in x
+ * cannot reach an eval-mode gradient, which does not depend on x. */
+static inline BN_WORK BN_NAME(output_value)(BN_WORK x, BN_WORK dy, int terms, const BN_NAME(work_coefs) *w)
+{
+    BN_WORK centered = 0;
+    if (terms & (BN_USE_X | BN_RELU_MASK))
+        centered = BN_NAME(centered)(x, w);
+    BN_WORK value = w->k_const;
+    if (terms & BN_USE_X)
+        value = w->k_const + w->k_xmu * centered;
+    if (terms & BN_USE_DY) {
+        const int passes = !(terms & BN_RELU_MASK) || BN_NAME(relu_passes)(centered, w);
+        value += passes ? w->k_dy * dy : (BN_WORK)0;
+    }
+    if ((terms & BN_RELU_CLAMP) && value < 0)
+        value = 0;
+    return value;
+}
+
+/* ---- channel-major (NCHW) blocks ---- */
 
 static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
                                            int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
@@ -79,24 +147,26 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     double tail_g = 0.0, tail_gx = 0.0;
     const double mean = k->mean;
-    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale,
-                                                   k->relu_shift);
+    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
         int64_t i = 0;
         for (; i + BN_LANES <= width; i += BN_LANES) {
+            BN_WIDE_CHUNK(xv, xr + i);
+            BN_WIDE_CHUNK(dv, gr + i);
             double g[BN_LANES];
             for (int j = 0; j < BN_LANES; j++)
-                g[j] = BN_NAME(masked_dy)(xr, gr, i + j, relu_mask, &w);
+                g[j] = (double)BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, &w);
             for (int j = 0; j < BN_LANES; j++)
                 acc_g[j] += g[j];
             for (int j = 0; j < BN_LANES; j++)
-                acc_gx[j] += g[j] * (BN_TO_DOUBLE(xr[i + j]) - mean);
+                acc_gx[j] += g[j] * ((double)xv[j] - mean);
         }
         for (; i < width; i++) {
-            double g = BN_NAME(masked_dy)(xr, gr, i, relu_mask, &w);
+            const BN_WORK xi = BN_WIDEN1(xr + i);
+            const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i), relu_mask, &w);
             tail_g += g;
-            tail_gx += g * (BN_TO_DOUBLE(xr[i]) - mean);
+            tail_gx += g * ((double)xi - mean);
         }
     }
     *sum_dy = bn_combine_lanes(acc_g) + tail_g;
@@ -112,48 +182,48 @@ static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int6
         BN_NAME(grad_sums_rows)(x, dy, rows, width, stride, k, 0, sum_dy, sum_dy_xmu);
 }
 
-/* One output element; see bn_coefs. Terms left out are not read, so a NaN in x
- * cannot reach an eval-mode gradient, which does not depend on x. The ReLU mask
- * recomputes the forward's output (relu_passes). */
-static inline BN_T BN_NAME(output_at)(const BN_T *x, const BN_T *dy, int64_t i, int terms,
-                                      const BN_NAME(work_coefs) *w)
+static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
+                                       const BN_NAME(work_coefs) *w)
 {
-    BN_WORK centered = 0;
-    if (terms & (BN_USE_X | BN_RELU_MASK))
-        centered = BN_NAME(centered_at)(x, i, w);
-    BN_WORK value = w->k_const;
-    if (terms & BN_USE_X)
-        value = w->k_const + w->k_xmu * centered;
-    if (terms & BN_USE_DY) {
-        const int passes = !(terms & BN_RELU_MASK) || BN_NAME(relu_passes)(centered, w);
-        value += passes ? w->k_dy * (BN_WORK)dy[i] : (BN_WORK)0;
-    }
-    if ((terms & BN_RELU_CLAMP) && value < 0)
-        value = 0;
-    return BN_FROM_WORK(value);
+    const BN_WORK xi = terms & (BN_USE_X | BN_RELU_MASK) ? BN_WIDEN1(x) : 0;
+    const BN_WORK di = terms & BN_USE_DY ? BN_WIDEN1(dy) : 0;
+    BN_NARROW1(out, BN_NAME(output_value)(xi, di, terms, w));
 }
 
-/* One output row in three parts: elements up to the first cache-line boundary,
- * whole lines (streamed past the cache when `stream` is set: an output much larger
- * than the cache would otherwise evict the input still to be read, and cost a read
- * of each line before it is written), and the rest. */
+/* One output row: elements one by one up to the first cache-line boundary (when
+ * streaming), whole chunks, then the rest. With `stream` the chunks (whole cache
+ * lines) are written past the cache: an output much larger than the cache would
+ * otherwise evict the input still to be read, and cost a read of each line before
+ * it is written. */
 static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
                                        const BN_NAME(work_coefs) *w, int terms, int stream)
 {
-    enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T) };
+    enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
     int64_t i = 0;
-    if (stream) {
+    if (stream)
         for (; i < width && (uintptr_t)(out + i) % BN_LINE_BYTES != 0; i++)
-            out[i] = BN_NAME(output_at)(x, dy, i, terms, w);
-        for (; i + PER_LINE <= width; i += PER_LINE) {
-            BN_T line[PER_LINE];
-            for (int l = 0; l < PER_LINE; l++)
-                line[l] = BN_NAME(output_at)(x, dy, i + l, terms, w);
-            bn_stream_line(out + i, line);
+            BN_NAME(output_one)(x + i, dy + i, out + i, terms, w);
+    for (; i + BN_LANES <= width; i += BN_LANES) {
+        /* unread inputs (see output_value) are dead code once terms is a constant */
+        BN_WIDE_CHUNK(xv, x + i);
+        BN_WIDE_CHUNK(dv, dy + i);
+        if (stream) {
+            BN_T lines[BN_LANES];
+            BN_OUT_CHUNK(o, lines);
+            for (int j = 0; j < BN_LANES; j++)
+                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, w);
+            BN_OUT_CHUNK_STORE(o, lines);
+            for (int l = 0; l < LINES; l++)
+                bn_stream_line(out + i + l * PER_LINE, lines + l * PER_LINE);
+        } else {
+            BN_OUT_CHUNK(o, out + i);
+            for (int j = 0; j < BN_LANES; j++)
+                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, w);
+            BN_OUT_CHUNK_STORE(o, out + i);
         }
     }
     for (; i < width; i++)
-        out[i] = BN_NAME(output_at)(x, dy, i, terms, w);
+        BN_NAME(output_one)(x + i, dy + i, out + i, terms, w);
 }
 
 static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t rows, int64_t width,
@@ -161,15 +231,15 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
 {
     const BN_T *x = xv, *dy = dyv;
     BN_T *out = outv;
-    const BN_NAME(work_coefs) w =
-        BN_NAME(to_work)(k->mean, k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift);
-    /* the switch outside the row loop: rows can be as short as a few elements */
+    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
+    /* the switch outside the row loop: rows can be as short as a few elements. A
+     * NULL dy is never read (no BN_USE_DY); x + offset stands in for it. */
     switch (terms) {
-#define BN_ROW_CASE(t)                                                                          \
-    case t:                                                                                     \
-        for (int64_t r = 0; r < rows; r++)                                                      \
-            BN_NAME(output_row)(x + r * stride, dy ? dy + r * stride : NULL, out + r * stride, width, &w, t, \
-                                stream);                                                        \
+#define BN_ROW_CASE(t)                                                                                  \
+    case t:                                                                                             \
+        for (int64_t r = 0; r < rows; r++)                                                              \
+            BN_NAME(output_row)(x + r * stride, dy ? dy + r * stride : x + r * stride, out + r * stride, \
+                                width, &w, t, stream);                                                  \
         break;
         BN_FOR_EACH_TERMS(BN_ROW_CASE)
 #undef BN_ROW_CASE
@@ -178,45 +248,32 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
         bn_stream_fence();
 }
 
-/* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
- * block's mean as the shift these are the centred sums of a two-pass variance. For
- * float32 and float16 data, in one pass: d is formed in float (exact for x within a
- * factor 2 of the shift, a value of the block) and accumulated in double, where d^2
- * is exact. With a value of the block
- * as the shift, the sum of squares exceeds the centred one at most (n + 1)-fold, so
- * forming the variance from them loses at most log2(n + 1) of double's 53 bits. */
-static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
-                                  double *sum_d, double *sum_d2)
-{
-    const BN_T *x = xv;
-    const BN_WORK k = (BN_WORK)shift;
-    double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
-    double tail_d = 0.0, tail_d2 = 0.0;
-    for (int64_t r = 0; r < rows; r++) {
-        const BN_T *row = x + r * stride;
-        int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES) {
-            double d[BN_LANES];
-            for (int j = 0; j < BN_LANES; j++)
-                d[j] = (double)((BN_WORK)row[i + j] - k);
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d[j] += d[j];
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d2[j] += d[j] * d[j];
-        }
-        for (; i < width; i++) {
-            double d = (double)((BN_WORK)row[i] - k);
-            tail_d += d;
-            tail_d2 += d * d;
-        }
-    }
-    *sum_d = bn_combine_lanes(acc_d) + tail_d;
-    *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
-}
-
 /* ---- channels-last blocks: `rows` rows of `channels` contiguous values, one per
  * channel. Each channel accumulates its rows in order, so vectorising across
- * channels changes no result. */
+ * channels changes no result. Output and gradient loops read their coefficients as
+ * BN_WORK vectors over channels (BN_WORK_COEFS of them, in work_coefs' order),
+ * converted once per channel by cl_set_work_coefs. */
+
+static void BN_NAME(cl_set_work_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *workv)
+{
+    BN_WORK *work = workv;
+    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
+    const BN_WORK values[BN_WORK_COEFS] = {w.mean_hi, w.mean_lo, w.k_dy, w.k_xmu, w.k_const, w.relu_scale,
+                                           w.relu_shift};
+    for (int i = 0; i < BN_WORK_COEFS; i++)
+        work[i * channels + c] = values[i];
+}
+
+static inline BN_NAME(work_coefs) BN_NAME(cl_work_coefs_at)(const BN_WORK *work, int64_t channels, int64_t c)
+{
+    return (BN_NAME(work_coefs)){work[c],
+                                 work[channels + c],
+                                 work[2 * channels + c],
+                                 work[3 * channels + c],
+                                 work[4 * channels + c],
+                                 work[5 * channels + c],
+                                 work[6 * channels + c]};
+}
 
 static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, double *sum)
 {
@@ -225,8 +282,14 @@ static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, doub
         sum[c] = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * channels;
-        for (int64_t c = 0; c < channels; c++)
-            sum[c] += BN_TO_DOUBLE(row[c]);
+        int64_t c = 0;
+        for (; c + BN_LANES <= channels; c += BN_LANES) {
+            BN_WIDE_CHUNK(v, row + c);
+            for (int j = 0; j < BN_LANES; j++)
+                sum[c + j] += (double)v[j];
+        }
+        for (; c < channels; c++)
+            sum[c] += (double)BN_WIDEN1(row + c);
     }
 }
 
@@ -239,8 +302,17 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
         sum_d[c] = sum_d2[c] = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * channels;
-        for (int64_t c = 0; c < channels; c++) {
-            double d = (double)((BN_WORK)row[c] - (BN_WORK)shift[c]);
+        int64_t c = 0;
+        for (; c + BN_LANES <= channels; c += BN_LANES) {
+            BN_WIDE_CHUNK(v, row + c);
+            for (int j = 0; j < BN_LANES; j++) {
+                const double d = (double)(v[j] - (BN_WORK)shift[c + j]);
+                sum_d[c + j] += d;
+                sum_d2[c + j] += d * d;
+            }
+        }
+        for (; c < channels; c++) {
+            const double d = (double)(BN_WIDEN1(row + c) - (BN_WORK)shift[c]);
             sum_d[c] += d;
             sum_d2[c] += d * d;
         }
@@ -248,55 +320,77 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
 }
 
 static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
-                                              const bn_coef_vectors *k, int relu_mask, double *sum_dy,
-                                              double *sum_dy_xmu)
+                                              const double *mean, const BN_WORK *work, int relu_mask,
+                                              double *sum_dy, double *sum_dy_xmu)
 {
     for (int64_t c = 0; c < channels; c++)
         sum_dy[c] = sum_dy_xmu[c] = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * channels, *gr = dy + r * channels;
-        for (int64_t c = 0; c < channels; c++) {
-            const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean[c], k->k_dy[c], k->k_xmu[c], k->k_const[c],
-                                                           k->relu_scale[c], k->relu_shift[c]);
-            double g = BN_NAME(masked_dy)(xr, gr, c, relu_mask, &w);
+        int64_t c = 0;
+        for (; c + BN_LANES <= channels; c += BN_LANES) {
+            BN_WIDE_CHUNK(xv, xr + c);
+            BN_WIDE_CHUNK(dv, gr + c);
+            for (int j = 0; j < BN_LANES; j++) {
+                const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c + j);
+                const double g = (double)BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, &w);
+                sum_dy[c + j] += g;
+                sum_dy_xmu[c + j] += g * ((double)xv[j] - mean[c + j]);
+            }
+        }
+        for (; c < channels; c++) {
+            const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c);
+            const BN_WORK xi = BN_WIDEN1(xr + c);
+            const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + c), relu_mask, &w);
             sum_dy[c] += g;
-            sum_dy_xmu[c] += g * (BN_TO_DOUBLE(xr[c]) - k->mean[c]);
+            sum_dy_xmu[c] += g * ((double)xi - mean[c]);
         }
     }
 }
 
 static void BN_NAME(cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels,
-                                  const bn_coef_vectors *k, int relu_mask, double *sum_dy, double *sum_dy_xmu)
+                                  const double *mean, const void *work, int relu_mask, double *sum_dy,
+                                  double *sum_dy_xmu)
 {
     if (relu_mask)
-        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, k, 1, sum_dy, sum_dy_xmu);
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, work, 1, sum_dy, sum_dy_xmu);
     else
-        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, k, 0, sum_dy, sum_dy_xmu);
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, work, 0, sum_dy, sum_dy_xmu);
 }
 
 static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
-                                           int64_t channels, const bn_coef_vectors *k, int terms)
+                                           int64_t channels, const BN_WORK *work, int terms)
 {
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * channels;
-        for (int64_t c = 0; c < channels; c++) {
-            const BN_NAME(work_coefs) w = BN_NAME(to_work)(k->mean[c], k->k_dy[c], k->k_xmu[c], k->k_const[c],
-                                                           k->relu_scale[c], k->relu_shift[c]);
-            out[at + c] = BN_NAME(output_at)(x + at, dy ? dy + at : NULL, c, terms, &w);
+        int64_t c = 0;
+        for (; c + BN_LANES <= channels; c += BN_LANES) {
+            BN_WIDE_CHUNK(xv, x + at + c);
+            BN_WIDE_CHUNK(dv, dy + at + c);
+            BN_OUT_CHUNK(o, out + at + c);
+            for (int j = 0; j < BN_LANES; j++) {
+                const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c + j);
+                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, &w);
+            }
+            BN_OUT_CHUNK_STORE(o, out + at + c);
+        }
+        for (; c < channels; c++) {
+            const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c);
+            BN_NAME(output_one)(x + at + c, dy + at + c, out + at + c, terms, &w);
         }
     }
 }
 
-static void BN_NAME(cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels,
-                               const bn_coef_vectors *k, int terms)
+static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64_t rows, int64_t channels,
+                               const void *work, int terms)
 {
+    const BN_T *x = xv, *dy = dyv ? (const BN_T *)dyv : x; /* a NULL dy is never read */
     switch (terms) {
 #define BN_CL_CASE(t)                                                   \
     case t:                                                             \
-        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, k, t);      \
+        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, work, t);   \
         break;
         BN_FOR_EACH_TERMS(BN_CL_CASE)
 #undef BN_CL_CASE
     }
 }
-

@@ -77,6 +77,7 @@ struct bn_job {
     bn_block_step apply;
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
     double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
+    void *work;       /* channels-last: the coefficients as the block loops read them */
     double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
@@ -123,10 +124,11 @@ static bn_coefs coefs_of_channel(bn_job *job, int64_t c)
                       coef_of(job, K_CONST)[c], coef_of(job, K_RELU_SCALE)[c], coef_of(job, K_RELU_SHIFT)[c]};
 }
 
-static bn_coef_vectors coef_vectors(bn_job *job)
+/* Channels-last loops read the coefficients converted once per channel. */
+static void publish_work_coefs(bn_job *job, int64_t c)
 {
-    return (bn_coef_vectors){job->mean,           coef_of(job, K_DY),         coef_of(job, K_XMU),
-                             coef_of(job, K_CONST), coef_of(job, K_RELU_SCALE), coef_of(job, K_RELU_SHIFT)};
+    const bn_coefs k = coefs_of_channel(job, c);
+    job->ops->cl_set_work_coefs(&k, c, job->dims.c, job->work);
 }
 
 static double *partials_of(bn_job *job, int64_t c, int64_t b)
@@ -261,12 +263,16 @@ static void prepare_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->prepare(job, c);
+    if (job->work)
+        publish_work_coefs(job, c);
 }
 
 static void reduce_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->reduce(job, c);
+    if (job->work)
+        publish_work_coefs(job, c);
 }
 
 static void apply_task(void *ctx, int64_t t)
@@ -282,10 +288,12 @@ static bn_status run_job(bn_job *job)
     const int64_t channels_last = d.channels_last;
     const int64_t nblocks = channels_last ? job->blocks_per_channel : d.c * job->blocks_per_channel;
     job->partials = malloc((size_t)(d.c * job->blocks_per_channel) * BN_PARTIALS * sizeof(double));
-    job->coef = malloc((size_t)d.c * BN_COEFS * sizeof(double));
+    /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
+    job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
     job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
+    job->work = channels_last ? malloc((size_t)d.c * BN_WORK_COEFS * sizeof(double)) : NULL;
     bn_status status = BN_NO_MEMORY;
-    if (job->partials == NULL || job->coef == NULL || (channels_last && job->scratch == NULL))
+    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->work == NULL)))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
     if (!channels_last && d.c >= runs) {
@@ -305,6 +313,7 @@ done:
     free(job->partials);
     free(job->coef);
     free(job->scratch);
+    free(job->work);
     return status;
 }
 
@@ -381,9 +390,9 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
-    const bn_coef_vectors k = coef_vectors(job);
     double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
-    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, &k, job->relu, sum_dy, sum_dy_xmu);
+    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->work, job->relu, sum_dy,
+                           sum_dy_xmu);
     for (int64_t c = 0; c < channels; c++) {
         double *p = partials_of(job, c, b);
         p[0] = sum_dy[c];
@@ -470,9 +479,8 @@ static void apply_output_cl(bn_job *job, int64_t unused, int64_t b)
 {
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
-    const bn_coef_vectors k = coef_vectors(job);
-    job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c, &k,
-                        job->terms);
+    job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
+                        job->work, job->terms);
 }
 
 static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)

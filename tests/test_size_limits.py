@@ -233,6 +233,9 @@ for name, fn in [
     ("huge num_features", lambda: bnorm.BatchNorm1d(2**61)),
     ("huge num_features without buffers", lambda: bnorm.BatchNorm1d(2**61, affine=False, track_running_stats=False)),
     ("num_features past Py_ssize_t", lambda: bnorm.BatchNorm1d(2**63)),
+    # 3 * n = 2**64 + 2: a size computed without an overflow check would wrap to 2
+    ("num_features whose 3x wraps size_t",
+     lambda: bnorm.BatchNorm1d(-(-2**64 // 3), affine=False, track_running_stats=False)),
 ]:
     print(name, "->", outcome(fn))
 print("done")
@@ -250,7 +253,8 @@ def test_shapes_near_py_ssize_t_give_clear_errors(run_python):
     for name in ("module forward", "module eval forward", "functional", "functional backward",
                  "huge channel count", "huge num_features"):
         assert lines[name].startswith("MemoryError"), f"{name}: {lines[name]}"
-    assert lines["huge num_features without buffers"].startswith(("MemoryError", "ok")), lines
+    for name in ("huge num_features without buffers", "num_features whose 3x wraps size_t"):
+        assert lines[name].startswith("MemoryError"), f"{name}: {lines[name]}"
     for name in ("empty batch, huge spatial size", "empty spatial axis, huge batch", "empty batch, functional"):
         assert lines[name].startswith("ok"), f"{name}: {lines[name]}"
     assert lines["num_features past Py_ssize_t"].startswith("OverflowError"), lines
