@@ -36,7 +36,9 @@ TRAFFIC = {"train_fwd": 2, "eval_fwd": 2, "backward": 3, MODULE_OP: 5}
 # check. Loose enough for float32 summation-order differences over ~10^5
 # values, far below what a missing term or wrong statistic produces (the test
 # data make every term of the formulas O(1), see Problem).
-TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10,
+             # float16 outputs round to 11 bits: libraries computing in float may differ by an ulp
+             np.dtype(np.float16): 2e-3}
 
 
 # --------------------------------------------------------------------------
@@ -48,27 +50,47 @@ class CaseSpec:
     name: str
     shape: tuple[int, ...]
     dtype: np.dtype
-    resnet: bool = False  # one of the four float32 shapes the targets are judged on
+    channels_last: bool = False  # memory NHWC (NDHWC, (N, L, C)), logical shape NCHW
+    group: str | None = None  # the targets are judged per group, on its four ResNet-50 shapes
     small: bool = False  # also time module forward+backward against torch autograd
 
     @property
     def label(self) -> str:
-        return "×".join(map(str, self.shape))
+        return "×".join(map(str, self.shape)) + (" NHWC" if self.channels_last else "")
+
+    @property
+    def param_dtype(self) -> np.dtype:
+        """float16 modules keep parameters and statistics in float32, as torch does."""
+        return np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
 
 
-DEFAULT_CASES = (
-    CaseSpec("resnet-64", (32, 64, 112, 112), np.dtype(np.float32), resnet=True),
-    CaseSpec("resnet-256", (32, 256, 56, 56), np.dtype(np.float32), resnet=True),
-    CaseSpec("resnet-512", (32, 512, 28, 28), np.dtype(np.float32), resnet=True),
-    CaseSpec("resnet-2048", (32, 2048, 7, 7), np.dtype(np.float32), resnet=True),
+RESNET_SHAPES = {"64": (32, 64, 112, 112), "256": (32, 256, 56, 56), "512": (32, 512, 28, 28),
+                 "2048": (32, 2048, 7, 7)}
+# Target groups: (name suffix, dtype, channels-last). Every group has the same targets.
+GROUPS = (("", np.float32, False), ("-nhwc", np.float32, True), ("-f16", np.float16, False),
+          ("-f16-nhwc", np.float16, True))
+
+
+def group_name(dtype, channels_last: bool) -> str:
+    return f"{np.dtype(dtype).name} {'channels-last' if channels_last else 'NCHW'}"
+
+
+DEFAULT_CASES = tuple(
+    CaseSpec(f"resnet-{c}{suffix}", shape, np.dtype(dtype), channels_last=cl, group=group_name(dtype, cl))
+    for suffix, dtype, cl in GROUPS for c, shape in RESNET_SHAPES.items()
+) + (
     CaseSpec("small", (8, 16, 16, 16), np.dtype(np.float32), small=True),
     CaseSpec("resnet-256-f64", (32, 256, 56, 56), np.dtype(np.float64)),
 )
 CASES_BY_NAME = {c.name: c for c in DEFAULT_CASES}
+# A group's four shapes by one name: resnet, resnet-nhwc, resnet-f16, resnet-f16-nhwc
+CASE_GROUPS = {f"resnet{suffix}": [CASES_BY_NAME[f"resnet-{c}{suffix}"] for c in RESNET_SHAPES]
+               for suffix, _, _ in GROUPS}
 
 
 def parse_cases(text: str | None) -> list[CaseSpec]:
-    """'resnet-256,small' or custom shapes such as '16x32x8x8:float64'."""
+    """'resnet-256,small', groups such as 'resnet-nhwc', or custom shapes such as
+    '16x32x8x8:float64' or '16x32x8x8:float16:nhwc'."""
     if not text:
         return list(DEFAULT_CASES)
     specs = []
@@ -76,13 +98,17 @@ def parse_cases(text: str | None) -> list[CaseSpec]:
         if item in CASES_BY_NAME:
             specs.append(CASES_BY_NAME[item])
             continue
-        m = re.fullmatch(r"(\d+(?:x\d+){1,4})(?::(float32|float64))?", item)
+        if item in CASE_GROUPS:
+            specs += CASE_GROUPS[item]
+            continue
+        m = re.fullmatch(r"(\d+(?:x\d+){1,4})(?::(float16|float32|float64))?(:nhwc)?", item)
         if not m:
-            known = ", ".join(CASES_BY_NAME)
-            raise ValueError(f"unknown case {item!r}; known: {known}; or a shape like 8x16x32x32[:float64]")
+            known = ", ".join(list(CASES_BY_NAME) + list(CASE_GROUPS))
+            raise ValueError(f"unknown case {item!r}; known: {known}; or a shape like 8x16x32x32[:float64][:nhwc]")
         shape = tuple(int(d) for d in m.group(1).split("x"))
         dtype = np.dtype(m.group(2) or "float32")
-        specs.append(CaseSpec(item, shape, dtype, small=math.prod(shape) <= 1 << 16))
+        specs.append(CaseSpec(item, shape, dtype, channels_last=bool(m.group(3)) and len(shape) > 2,
+                              small=math.prod(shape) <= 1 << 16))
     return specs
 
 
@@ -101,12 +127,21 @@ def touched_empty_like(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def in_layout(a: np.ndarray, dtype, channels_last: bool) -> np.ndarray:
+    """`a` (logical N, C, ...) as `dtype` in contiguous NCHW or channels-last memory."""
+    if not channels_last or a.ndim < 3:
+        return np.ascontiguousarray(a, dtype=dtype)
+    to_last = (0,) + tuple(range(2, a.ndim)) + (1,)
+    memory = np.ascontiguousarray(a.transpose(to_last), dtype=dtype)
+    return memory.transpose(np.argsort(to_last))
+
+
 class Problem:
     """Input, upstream gradient and parameters shared by all implementations."""
 
     def __init__(self, spec: CaseSpec, seed: int = 0):
         self.spec = spec
-        shape, dtype = spec.shape, spec.dtype
+        shape, dtype, pdtype = spec.shape, spec.dtype, spec.param_dtype
         rng = np.random.default_rng(seed)
         c = shape[1]
         self.channels = c
@@ -117,20 +152,21 @@ class Problem:
         # Per-channel offsets and scales, and dy correlated with x: then the
         # mean, the variance and the dbeta/M and x̂·dgamma/M terms of dx are
         # all O(1), so the correctness check notices any one of them missing.
-        shift = rng.uniform(-2.0, 2.0, c).astype(dtype)
-        scale = rng.uniform(0.5, 2.0, c).astype(dtype)
-        self.x = rng.standard_normal(shape, dtype=dtype)
-        self.x *= scale.reshape(self.bshape)
-        self.x += shift.reshape(self.bshape)
-        self.dy = rng.standard_normal(shape, dtype=dtype)
-        self.dy *= 0.5
-        self.dy += dtype.type(0.3) * self.x
-        self.dy += dtype.type(0.1)
+        shift = rng.uniform(-2.0, 2.0, c).astype(pdtype)
+        scale = rng.uniform(0.5, 2.0, c).astype(pdtype)
+        x = rng.standard_normal(shape, dtype=pdtype)  # NumPy draws no float16
+        x *= scale.reshape(self.bshape)
+        x += shift.reshape(self.bshape)
+        dy = rng.standard_normal(shape, dtype=pdtype)
+        dy *= 0.5
+        dy += pdtype.type(0.3) * x
+        dy += pdtype.type(0.1)
+        self.x, self.dy = in_layout(x, dtype, spec.channels_last), in_layout(dy, dtype, spec.channels_last)
 
-        self.gamma = rng.uniform(0.5, 1.5, c).astype(dtype)
-        self.beta = rng.uniform(-0.5, 0.5, c).astype(dtype)
-        self.running_mean = (shift + rng.normal(0.0, 0.1, c)).astype(dtype)
-        self.running_var = (scale.astype(np.float64) ** 2 * rng.uniform(0.8, 1.2, c)).astype(dtype)
+        self.gamma = rng.uniform(0.5, 1.5, c).astype(pdtype)
+        self.beta = rng.uniform(-0.5, 0.5, c).astype(pdtype)
+        self.running_mean = (shift + rng.normal(0.0, 0.1, c)).astype(pdtype)
+        self.running_var = (scale.astype(np.float64) ** 2 * rng.uniform(0.8, 1.2, c)).astype(pdtype)
 
         # One preallocated output shared by every out= call of every library
         # (and the copy): the same destination addresses for all, and a case
@@ -180,7 +216,7 @@ def torch_impls(p: Problem) -> dict[str, list[Impl]]:
     w, b = torch.from_numpy(p.gamma.copy()), torch.from_numpy(p.beta.copy())
     rm, rv = torch.from_numpy(p.running_mean.copy()), torch.from_numpy(p.running_var.copy())
     erm, erv = torch.from_numpy(p.running_mean.copy()), torch.from_numpy(p.running_var.copy())
-    c, dt = p.channels, xt.dtype
+    c, dt = p.channels, w.dtype  # float32 for float16 data
     y_out = ye_out = dx_out = torch.from_numpy(p.out)
     save_mean, save_invstd = torch.empty(c, dtype=dt), torch.empty(c, dtype=dt)
     esave_mean, esave_invstd = torch.empty(c, dtype=dt), torch.empty(c, dtype=dt)
@@ -241,8 +277,9 @@ class NumpyBatchNorm:
 
     def train_forward(self):
         p, x, y = self.p, self.p.x, self.y
-        mean = x.mean(axis=p.axes, keepdims=True)
-        var = x.var(axis=p.axes, keepdims=True)
+        # statistics in the parameters' dtype: float32 for float16 data
+        mean = x.mean(axis=p.axes, keepdims=True, dtype=p.spec.param_dtype)
+        var = x.var(axis=p.axes, keepdims=True, dtype=p.spec.param_dtype)
         m, n = MOMENTUM, p.reduction_size
         self.running_mean = (1 - m) * self.running_mean + m * mean.ravel()
         self.running_var = (1 - m) * self.running_var + m * var.ravel() * (n / (n - 1))
@@ -265,7 +302,7 @@ class NumpyBatchNorm:
         p, x, dy, dx = self.p, self.p.x, self.p.dy, self.dx
         n = p.reduction_size
         xhat = (x - self.mean) * self.invstd
-        dbeta = dy.sum(axis=p.axes, keepdims=True)
+        dbeta = dy.sum(axis=p.axes, keepdims=True, dtype=p.spec.param_dtype)
         dgamma = (dy * xhat).sum(axis=p.axes, keepdims=True)
         # dx = gamma * invstd * (dy - dbeta / M - xhat * dgamma / M)
         np.multiply(xhat, dgamma / n, out=xhat)
@@ -403,7 +440,10 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 
 class ThreadedNumpyCopy:
     def __init__(self, src: np.ndarray, dst: np.ndarray, threads: int):
-        s, d = src.reshape(-1), dst.reshape(-1)
+        # in memory order: a view for channels-last arrays too (reshape(-1) would copy)
+        s, d = src.ravel(order="K"), dst.ravel(order="K")
+        if not (np.shares_memory(s, src) and np.shares_memory(d, dst)):
+            raise ValueError("the copy needs arrays that are contiguous in some axis order")
         n = s.size
         bounds = [n * i // threads for i in range(threads + 1)]
         self.chunks = [(d[a:b], s[a:b]) for a, b in zip(bounds, bounds[1:])]

@@ -1,7 +1,7 @@
 """Tables, target summary, JSON and chart for benchmarks/compare.py.
 
 A result record is a dict (JSON-ready) for one (case, operation):
-    case, shape, dtype, op, resnet, tensor_bytes, traffic_bytes,
+    case, shape, dtype, op, group (of the targets, or None), channels_last, tensor_bytes, traffic_bytes,
     timings: {impl: {median_ms, min_ms, number, samples_ms}},
     errors: {impl: relative error vs torch}, excluded: {impl: reason}
 """
@@ -152,41 +152,21 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
 
 
 def summary(records: list[dict], bnorm_available: bool) -> tuple[str, dict]:
-    """One line per op: medians over the ResNet-50 float32 shapes vs the targets."""
+    """Per target group (dtype and layout) and op: medians over its ResNet-50 shapes vs the targets."""
     lines, out = [], {}
-    n_resnet = len({r["case"] for r in records if r["resnet"]})
-    lines.append(f"Summary: median over {n_resnet} of the 4 ResNet-50 float32 shapes; "
-                 f"bnorm = '{BNORM_OUT}', torch = the faster torch variant, copy ratio traffic-normalised.")
+    lines.append("Summary: per group, the median over its ResNet-50 shapes; bnorm = "
+                 f"'{BNORM_OUT}', torch = the faster torch variant, copy ratio traffic-normalised.")
     if not bnorm_available:
         lines.append("bnorm not available: targets not evaluated.")
-    for op in OPS:
-        recs = [r for r in records if r["resnet"] and r["op"] == op]
-        if not recs:
-            continue
-        # A kernel that failed the correctness check has no timing: it misses.
-        wrong = any(BNORM_OUT in r.get("excluded", {}) for r in recs)
-        speeds = [s for s in map(speedup_vs_torch, recs) if s is not None]
-        ratios = [c for c in map(ratio_to_copy, recs) if c is not None]
-        sp = statistics.median(speeds) if speeds and not wrong else None
-        cr = statistics.median(ratios) if ratios and not wrong else None
-        parts = []
-        entry = {"speedup_vs_torch": sp, "bnorm_over_copy": cr, "shapes": len(recs)}
-        if op in SPEEDUP_TARGETS:
-            v = _verdict(sp, SPEEDUP_TARGETS[op], True)
-            entry["speedup_target"], entry["speedup_verdict"] = SPEEDUP_TARGETS[op], v
-            parts.append(f"{_fmt(sp, 'x')} faster than torch (target >= {SPEEDUP_TARGETS[op]}x) {v}")
-        else:
-            parts.append(f"{_fmt(sp, 'x')} faster than torch (no target)")
-        if op in COPY_TARGETS:
-            v = _verdict(cr, COPY_TARGETS[op], False)
-            entry["copy_target"], entry["copy_verdict"] = COPY_TARGETS[op], v
-            parts.append(f"{_fmt(cr, 'x')} copy (target <= {COPY_TARGETS[op]}x) {v}")
-        else:
-            parts.append(f"{_fmt(cr, 'x')} copy (no target)")
-        if wrong:
-            parts.append("bnorm output WRONG on some shape")
-        lines.append(f"  {OP_LABELS[op]:<15} " + "; ".join(parts))
-        out[op] = entry
+    for group in dict.fromkeys(r["group"] for r in records if r["group"]):
+        n_shapes = len({r["case"] for r in records if r["group"] == group})
+        lines.append(f"{group} ({n_shapes} shapes):")
+        out[group] = {}
+        for op in OPS:
+            recs = [r for r in records if r["group"] == group and r["op"] == op]
+            if recs:
+                text, out[group][op] = _op_summary(op, recs)
+                lines.append(f"  {OP_LABELS[op]:<15} {text}")
     for rec in (r for r in records if r["op"] == MODULE_OP):
         s = speedup_vs_torch_module(rec)
         if BNORM_MODULE in rec.get("excluded", {}):
@@ -197,6 +177,33 @@ def summary(records: list[dict], bnorm_available: bool) -> tuple[str, dict]:
                      f"torch + autograd {_fmt(t and t * 1e3)} us -> {_fmt(s, 'x')} (target: not slower) {v}")
         out[f"{MODULE_OP}:{rec['case']}"] = {"speedup_vs_torch_module": s, "verdict": v}
     return "\n".join(lines), out
+
+
+def _op_summary(op: str, recs: list[dict]) -> tuple[str, dict]:
+    """One op of one group: the medians, each against its target."""
+    # A kernel that failed the correctness check has no timing: it misses.
+    wrong = any(BNORM_OUT in r.get("excluded", {}) for r in recs)
+    speeds = [s for s in map(speedup_vs_torch, recs) if s is not None]
+    ratios = [c for c in map(ratio_to_copy, recs) if c is not None]
+    sp = statistics.median(speeds) if speeds and not wrong else None
+    cr = statistics.median(ratios) if ratios and not wrong else None
+    parts = []
+    entry = {"speedup_vs_torch": sp, "bnorm_over_copy": cr, "shapes": len(recs)}
+    if op in SPEEDUP_TARGETS:
+        v = _verdict(sp, SPEEDUP_TARGETS[op], True)
+        entry["speedup_target"], entry["speedup_verdict"] = SPEEDUP_TARGETS[op], v
+        parts.append(f"{_fmt(sp, 'x')} faster than torch (target >= {SPEEDUP_TARGETS[op]}x) {v}")
+    else:
+        parts.append(f"{_fmt(sp, 'x')} faster than torch (no target)")
+    if op in COPY_TARGETS:
+        v = _verdict(cr, COPY_TARGETS[op], False)
+        entry["copy_target"], entry["copy_verdict"] = COPY_TARGETS[op], v
+        parts.append(f"{_fmt(cr, 'x')} copy (target <= {COPY_TARGETS[op]}x) {v}")
+    else:
+        parts.append(f"{_fmt(cr, 'x')} copy (no target)")
+    if wrong:
+        parts.append("bnorm output WRONG on some shape")
+    return "; ".join(parts), entry
 
 
 # --------------------------------------------------------------------------
@@ -217,7 +224,8 @@ def _case_label(rec: dict) -> str:
     """Short multi-line tick label: 'N×C', spatial dims, dtype."""
     shape = rec["shape"]
     spatial = "×".join(map(str, shape[2:])) or "-"
-    return f"{shape[0]}×{shape[1]}\n{spatial}\n{rec['dtype']}"
+    layout = "\nNHWC" if rec.get("channels_last") else ""
+    return f"{shape[0]}×{shape[1]}\n{spatial}\n{rec['dtype']}{layout}"
 
 
 def _target_line(ax, y: float, color: str, text: str) -> None:
@@ -253,7 +261,8 @@ def save_png(path: Path, records: list[dict], meta: dict) -> bool:
     ops = [op for op in OPS if any(r["op"] == op for r in records)]
     if not ops:
         return False
-    fig = plt.figure(figsize=(6.0 * len(ops), 10.5))
+    n_cases = len({r["case"] for r in records})
+    fig = plt.figure(figsize=(max(6.0, 0.75 * n_cases) * len(ops), 10.5))
     grid = fig.add_gridspec(2, len(ops), height_ratios=[1.15, 1.0], hspace=0.55, wspace=0.08)
 
     # --- top row: time / copy. Cache-resident (small) cases are left out:

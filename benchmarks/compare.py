@@ -140,7 +140,7 @@ def run_op(spec, op: str, impls: list[_impls.Impl], reference: _impls.Impl, args
     nbytes = int(np.prod(spec.shape)) * spec.dtype.itemsize
     return {
         "case": spec.name, "case_label": spec.label, "shape": list(spec.shape), "dtype": spec.dtype.name,
-        "op": op, "resnet": spec.resnet, "small": spec.small,
+        "op": op, "group": spec.group, "channels_last": spec.channels_last, "small": spec.small,
         "tensor_bytes": nbytes, "traffic_bytes": TRAFFIC[op] * nbytes,
         "timings": {name: {"median_ms": t.median * 1e3, "min_ms": t.min * 1e3, "number": t.number,
                            "samples_ms": [s * 1e3 for s in t.samples]} for name, t in timings.items()},

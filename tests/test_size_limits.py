@@ -10,10 +10,9 @@ the running statistics, momentum=1), the output's mean and variance per channel
 computed blockwise in float64 (0 and var / (var + eps)), the formula on every element
 of the first tile and on the tail, every later tile bit-identical to the first; then
 the eval forward (running statistics set to other values), and the backward (dy = x
-gives dx = 0 up to rounding, and grad_beta = sum(x)). The tests run float32 (8.6 GB per
-array, about 17.2 GB for input and output) in full, and float16, which the issue asks
-for (4.3 GB per array), where bnorm supports it: its training forward, every element
-checked.
+gives dx = 0 up to rounding, and grad_beta = sum(x)). The test runs float16, which the
+issue asks for (4.3 GB per array), and float32 (8.6 GB per array, about 17.2 GB for
+input and output).
 
 """
 import math
@@ -114,23 +113,10 @@ def check_output(y, tile, mean, var, eps, dtype, what):
         assert abs(got - want) <= tol * (1 + abs(want)), f"{what}: element {i} is {got}, expected {want}"
 
 
-def supported_dtypes():
-    dtypes = [np.float32]
-    try:
-        bnorm.BatchNorm2d(1, dtype=np.float16)
-        dtypes.append(np.float16)
-    except TypeError:
-        pass
-    return dtypes
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", supported_dtypes(), ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=lambda d: np.dtype(d).name)
 def test_more_than_2_31_elements(dtype):
-    """float32: training forward, backward and eval forward, every element checked.
-    float16: the training forward, every element checked (float16's backward is an order
-    of magnitude slower than float32's: 17 s here, against 1 s)."""
-    full = dtype == np.float32
+    """Training forward, backward and eval forward, every output element checked."""
     start = time.monotonic()
     eps = 1e-5
     x, tile, mean, var = build(dtype)
@@ -148,14 +134,6 @@ def test_more_than_2_31_elements(dtype):
     unbiased = var * ELEMENTS / (ELEMENTS - 1)
     assert abs(float(bn.running_var[0]) - unbiased) <= ptol * unbiased
     check_output(y, tile, mean, var, eps, dtype, "training forward")
-    if not full:
-        end = time.monotonic()
-        FIGURES.append(
-            f"size limits, {np.dtype(dtype).name} (1, 1, {H}, {H}) = 2**31 + {TAIL} elements "
-            f"({x.nbytes / 1e9:.1f} GB per array): total {end - start:.0f} s (fill {built - start:.0f} s, "
-            f"training forward {t_train - built:.1f} s, checks {end - t_train:.0f} s); "
-            f"peak RSS of the test process so far {peak_rss_gib():.1f} GiB")
-        return
     y_mean, y_var = channel_moments(y)
     out_tol = 1e-5 if dtype == np.float32 else 1e-3
     assert abs(y_mean) < out_tol, f"training output mean {y_mean}"
