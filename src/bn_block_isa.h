@@ -73,6 +73,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_WIDEN1 BN_CAST_WIDEN1
 #define BN_NARROW1 BN_CAST_NARROW1
 #define BN_ZERO_BELOW 0.0f
+#define BN_CHUNKED_TAILS 0
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
@@ -88,6 +89,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #undef BN_NAME
 #undef BN_WORK
 #undef BN_ZERO_BELOW
+#undef BN_CHUNKED_TAILS
 #undef BN_WIDE_CHUNK
 #undef BN_OUT_CHUNK
 #undef BN_OUT_CHUNK_STORE
@@ -161,6 +163,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 /* a float rounds to a positive float16 only above half the smallest subnormal, 2^-24
  * (exactly half rounds to even: 0) */
 #define BN_ZERO_BELOW 0x1p-25f
+#define BN_CHUNKED_TAILS 1
 #include "bn_block_template.h"
 #undef BN_T
 #undef BN_NAME
@@ -171,6 +174,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #undef BN_WIDEN1
 #undef BN_NARROW1
 #undef BN_ZERO_BELOW
+#undef BN_CHUNKED_TAILS
 #define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
 #else
 #define BN_F16_ENTRY {0}

@@ -12,6 +12,7 @@
  *                           BN_WORK: o was p)
  *   BN_WIDEN1(p), BN_NARROW1(p, v)   one element to BN_WORK and back
  *   BN_ZERO_BELOW           the largest BN_WORK value that rounds to an element <= 0
+ *   BN_CHUNKED_TAILS        1 to end rows with an overlapping chunk (see sum_chunk)
  * Every loop converts whole chunks of BN_LANES elements, then the rest one by one:
  * the chunk conversions are where float16 uses F16C's vector instructions (a
  * compiler left to itself converts float16 one element at a time, or calls a
@@ -26,6 +27,21 @@
  * inline helpers.
  */
 
+/* Rows go in whole chunks. A row of at least BN_LANES elements that is not a whole
+ * number of chunks ends with one more chunk, aligned to the row's end and
+ * overlapping the one before: reductions mask out its first `skip` lanes, counted
+ * already, and output loops compute it before they write anything (so that an
+ * in-place output does not feed its own results back) and store only its new
+ * elements. Rows of 7 x 7 or 28 x 28 values would otherwise spend up to a third of
+ * their time one element at a time. Shorter rows still go element by element. The
+ * chunk functions called with skip = 0 compile to plain loops. */
+static inline void BN_NAME(sum_chunk)(const BN_T *x, int64_t skip, double acc[BN_LANES])
+{
+    BN_WIDE_CHUNK(v, x);
+    for (int j = 0; j < BN_LANES; j++)
+        acc[j] += j >= skip ? (double)v[j] : 0.0;
+}
+
 static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t stride)
 {
     const BN_T *x = xv;
@@ -34,15 +50,28 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES) {
-            BN_WIDE_CHUNK(v, row + i);
-            for (int j = 0; j < BN_LANES; j++)
-                acc[j] += (double)v[j];
-        }
-        for (; i < width; i++)
-            tail += (double)BN_WIDEN1(row + i);
+        for (; i + BN_LANES <= width; i += BN_LANES)
+            BN_NAME(sum_chunk)(row + i, 0, acc);
+        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
+            BN_NAME(sum_chunk)(row + width - BN_LANES, BN_LANES - (width - i), acc);
+        else
+            for (; i < width; i++)
+                tail += (double)BN_WIDEN1(row + i);
     }
     return bn_combine_lanes(acc) + tail;
+}
+
+static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, BN_WORK shift, double acc_d[BN_LANES],
+                                               double acc_d2[BN_LANES])
+{
+    BN_WIDE_CHUNK(v, x);
+    double d[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        d[j] = j >= skip ? (double)(v[j] - shift) : 0.0;
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d[j] += d[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d2[j] += d[j] * d[j];
 }
 
 /* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
@@ -62,21 +91,16 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES) {
-            BN_WIDE_CHUNK(v, row + i);
-            double d[BN_LANES];
-            for (int j = 0; j < BN_LANES; j++)
-                d[j] = (double)(v[j] - k);
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d[j] += d[j];
-            for (int j = 0; j < BN_LANES; j++)
-                acc_d2[j] += d[j] * d[j];
-        }
-        for (; i < width; i++) {
-            double d = (double)(BN_WIDEN1(row + i) - k);
-            tail_d += d;
-            tail_d2 += d * d;
-        }
+        for (; i + BN_LANES <= width; i += BN_LANES)
+            BN_NAME(shifted_sums_chunk)(row + i, 0, k, acc_d, acc_d2);
+        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
+            BN_NAME(shifted_sums_chunk)(row + width - BN_LANES, BN_LANES - (width - i), k, acc_d, acc_d2);
+        else
+            for (; i < width; i++) {
+                double d = (double)(BN_WIDEN1(row + i) - k);
+                tail_d += d;
+                tail_d2 += d * d;
+            }
     }
     *sum_d = bn_combine_lanes(acc_d) + tail_d;
     *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
@@ -140,6 +164,21 @@ static inline BN_WORK BN_NAME(output_value)(BN_WORK x, BN_WORK dy, int terms, co
 
 /* ---- channel-major (NCHW) blocks ---- */
 
+static inline void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
+                                            double mean, const BN_NAME(work_coefs) *w, double acc_g[BN_LANES],
+                                            double acc_gx[BN_LANES])
+{
+    BN_WIDE_CHUNK(xv, x);
+    BN_WIDE_CHUNK(dv, dy);
+    double g[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        g[j] = j >= skip ? (double)BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, w) : 0.0;
+    for (int j = 0; j < BN_LANES; j++)
+        acc_g[j] += g[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_gx[j] += j >= skip ? g[j] * ((double)xv[j] - mean) : 0.0;
+}
+
 static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
                                            int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
                                            double *sum_dy_xmu)
@@ -151,22 +190,18 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
         int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES) {
-            BN_WIDE_CHUNK(xv, xr + i);
-            BN_WIDE_CHUNK(dv, gr + i);
-            double g[BN_LANES];
-            for (int j = 0; j < BN_LANES; j++)
-                g[j] = (double)BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, &w);
-            for (int j = 0; j < BN_LANES; j++)
-                acc_g[j] += g[j];
-            for (int j = 0; j < BN_LANES; j++)
-                acc_gx[j] += g[j] * ((double)xv[j] - mean);
-        }
-        for (; i < width; i++) {
-            const BN_WORK xi = BN_WIDEN1(xr + i);
-            const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i), relu_mask, &w);
-            tail_g += g;
-            tail_gx += g * ((double)xi - mean);
+        for (; i + BN_LANES <= width; i += BN_LANES)
+            BN_NAME(grad_sums_chunk)(xr + i, gr + i, 0, relu_mask, mean, &w, acc_g, acc_gx);
+        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES) {
+            const int64_t last = width - BN_LANES;
+            BN_NAME(grad_sums_chunk)(xr + last, gr + last, BN_LANES - (width - i), relu_mask, mean, &w, acc_g, acc_gx);
+        } else {
+            for (; i < width; i++) {
+                const BN_WORK xi = BN_WIDEN1(xr + i);
+                const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i), relu_mask, &w);
+                tail_g += g;
+                tail_gx += g * ((double)xi - mean);
+            }
         }
     }
     *sum_dy = bn_combine_lanes(acc_g) + tail_g;
@@ -190,39 +225,67 @@ static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out,
     BN_NARROW1(out, BN_NAME(output_value)(xi, di, terms, w));
 }
 
-/* One output row: elements one by one up to the first cache-line boundary (when
- * streaming), whole chunks, then the rest. With `stream` the chunks (whole cache
- * lines) are written past the cache: an output much larger than the cache would
- * otherwise evict the input still to be read, and cost a read of each line before
- * it is written. */
-static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
-                                       const BN_NAME(work_coefs) *w, int terms, int stream)
+/* Unread inputs (see output_value) are dead code once terms is a constant. */
+static inline void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
+                                         const BN_NAME(work_coefs) *w)
+{
+    BN_WIDE_CHUNK(xv, x);
+    BN_WIDE_CHUNK(dv, dy);
+    BN_OUT_CHUNK(o, out);
+    for (int j = 0; j < BN_LANES; j++)
+        o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, w);
+    BN_OUT_CHUNK_STORE(o, out);
+}
+
+/* Whole chunks from i to end (a multiple of BN_LANES further); with `stream`, out + i
+ * is at a cache-line boundary and the chunks are written past the cache: an output
+ * much larger than the cache would otherwise evict the input still to be read, and
+ * cost a read of each line before it is written. */
+static inline void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t i, int64_t end,
+                                          const BN_NAME(work_coefs) *w, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
-    int64_t i = 0;
-    if (stream)
-        for (; i < width && (uintptr_t)(out + i) % BN_LINE_BYTES != 0; i++)
-            BN_NAME(output_one)(x + i, dy + i, out + i, terms, w);
-    for (; i + BN_LANES <= width; i += BN_LANES) {
-        /* unread inputs (see output_value) are dead code once terms is a constant */
-        BN_WIDE_CHUNK(xv, x + i);
-        BN_WIDE_CHUNK(dv, dy + i);
+    for (; i < end; i += BN_LANES) {
         if (stream) {
             BN_T lines[BN_LANES];
-            BN_OUT_CHUNK(o, lines);
-            for (int j = 0; j < BN_LANES; j++)
-                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, w);
-            BN_OUT_CHUNK_STORE(o, lines);
+            BN_NAME(output_chunk)(x + i, dy + i, lines, terms, w);
             for (int l = 0; l < LINES; l++)
                 bn_stream_line(out + i + l * PER_LINE, lines + l * PER_LINE);
         } else {
-            BN_OUT_CHUNK(o, out + i);
-            for (int j = 0; j < BN_LANES; j++)
-                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, w);
-            BN_OUT_CHUNK_STORE(o, out + i);
+            BN_NAME(output_chunk)(x + i, dy + i, out + i, terms, w);
         }
     }
-    for (; i < width; i++)
+}
+
+/* One output row: the elements before the first cache-line boundary when streaming
+ * (arrays are aligned to their element size), whole chunks, then the rest. With
+ * chunked tails (see sum_chunk) the first and the rest come from chunks at the
+ * row's start and end, computed before anything is written. */
+static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
+                                       const BN_NAME(work_coefs) *w, int terms, int stream)
+{
+    int64_t head = 0;
+    if (stream)
+        head = (int64_t)((BN_LINE_BYTES - (uintptr_t)out % BN_LINE_BYTES) % BN_LINE_BYTES) / (int64_t)sizeof(BN_T);
+    head = head < width ? head : width;
+    const int64_t body_end = head + (width - head) / BN_LANES * BN_LANES;
+    if (BN_CHUNKED_TAILS && width >= BN_LANES) {
+        BN_T head_chunk[BN_LANES], tail_chunk[BN_LANES];
+        if (head > 0)
+            BN_NAME(output_chunk)(x, dy, head_chunk, terms, w);
+        if (body_end < width)
+            BN_NAME(output_chunk)(x + width - BN_LANES, dy + width - BN_LANES, tail_chunk, terms, w);
+        BN_NAME(output_chunks)(x, dy, out, head, body_end, w, terms, stream);
+        for (int64_t i = 0; i < head; i++)
+            out[i] = head_chunk[i];
+        for (int64_t i = body_end; i < width; i++)
+            out[i] = tail_chunk[i - (width - BN_LANES)];
+        return;
+    }
+    for (int64_t i = 0; i < head; i++)
+        BN_NAME(output_one)(x + i, dy + i, out + i, terms, w);
+    BN_NAME(output_chunks)(x, dy, out, head, body_end, w, terms, stream);
+    for (int64_t i = body_end; i < width; i++)
         BN_NAME(output_one)(x + i, dy + i, out + i, terms, w);
 }
 

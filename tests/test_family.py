@@ -156,9 +156,17 @@ def test_float16_module_rejects_float32_input():
         bnorm.BatchNorm2d(3, dtype=np.float16)(np.ones((2, 3, 2, 2), np.float32))
 
 
-def test_eval_forward_in_place(rng):
-    bn = random_module(2, rng).eval()
-    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+# Rows shorter than the kernels' 32-element chunks, rows that end in a partial chunk
+# (float16 computes it as a chunk overlapping the previous one, before writing), and
+# an output of >= 16 MiB, which is written with streaming stores after a head chunk.
+IN_PLACE_CASES = [((2, 5, 3, 4), np.float32), ((2, 5, 37, 41), np.float32), ((2, 5, 37, 41), np.float16),
+                  ((2, 5, 37, 41), np.float64), ((2, 5, 1031, 1031), np.float16), ((1, 5, 1031, 1031), np.float32)]
+
+
+@pytest.mark.parametrize("shape, dtype", IN_PLACE_CASES, ids=lambda v: str(v) if isinstance(v, tuple) else None)
+def test_eval_forward_in_place(rng, shape, dtype):
+    bn = random_module(2, rng, dtype=dtype).eval()
+    x = rng.standard_normal(shape).astype(dtype)
     expected = bn(x)
     y = bn(x, out=x)
     assert y is x
