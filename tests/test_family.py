@@ -10,6 +10,7 @@ from bnorm.testing import reference as ref
 
 MODULES = {1: bnorm.BatchNorm1d, 2: bnorm.BatchNorm2d, 3: bnorm.BatchNorm3d}
 SHAPES = {1: (6, 5, 7), 2: (4, 5, 6, 7), 3: (3, 5, 4, 3, 5)}
+FIGURES = []  # printed in pytest's summary by conftest.py
 
 
 def torch_module(torch, dims, bn):
@@ -186,3 +187,59 @@ def test_training_forward_refuses_to_overwrite_its_input(rng):
     shifted_x, shifted_out = buffer[: x.size].reshape(x.shape), buffer[7 : 7 + x.size].reshape(x.shape)
     with pytest.raises(ValueError, match="must be the input itself or not overlap it"):
         bn.eval()(shifted_x, out=shifted_out)
+
+
+def channels_last(a):
+    """`a` (N, C, ...) with the same values in channels-last memory."""
+    order = (0,) + tuple(range(2, a.ndim)) + (1,)
+    return np.ascontiguousarray(a.transpose(order)).transpose(np.argsort(order))
+
+
+def float16_spacing(v):
+    return np.spacing(np.abs(v).astype(np.float16)).astype(np.float64)
+
+
+def test_float16_report_largest_errors(torch, rng):
+    """float16 largest errors of y and dx, NCHW and channels-last, training and eval.
+    Against the float64 reference, as a fraction of the bound: half a float16 ulp of
+    each value plus the float32 roundings on the way (1e-6 of the value and of 1 for y,
+    1e-5 of the largest |dx| for dx); against PyTorch's mixed-precision kernels
+    (native_batch_norm with float32 parameters), in float16 ulps of the largest value
+    (each library is within rounding of the exact value: at most 2 apart)."""
+    worst = {}
+    for shape in [(32, 16, 28, 28), (8, 64, 14, 14), (64, 256), (4, 8, 5, 6, 7)]:
+        for layout in ("NCHW", "channels-last") if len(shape) > 2 else ("NCHW",):
+            c = shape[1]
+            x = (rng.standard_normal(shape) * 2 + rng.normal(size=(1, c) + (1,) * (len(shape) - 2))).astype(np.float16)
+            dy = rng.standard_normal(shape).astype(np.float16)
+            if layout == "channels-last":
+                x, dy = channels_last(x), channels_last(dy)
+            bn = MODULES[max(len(shape) - 2, 1)](c, dtype=np.float16)
+            bn.gamma[...] = rng.uniform(0.5, 1.5, c)
+            bn.beta[...] = rng.normal(size=c)
+            bn.running_mean[...] = rng.normal(size=c)
+            bn.running_var[...] = rng.uniform(0.5, 2.0, c)
+            w, b = torch.from_numpy(bn.gamma.copy()), torch.from_numpy(bn.beta.copy())
+            for training in (True, False):
+                mean, var = (None, None) if training else (bn.running_mean.copy(), bn.running_var.copy())
+                rm, rv = torch.from_numpy(bn.running_mean.copy()), torch.from_numpy(bn.running_var.copy())
+                y, dx = bn.train(training)(x), bn.backward(dy)
+                y_ref = ref.forward(x, bn.gamma, bn.beta, mean, var)
+                dx_ref = ref.backward(dy, x, bn.gamma, mean, var, training=training)[0]
+                xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+                yt, save_mean, save_invstd = torch.native_batch_norm(xt, w, b, rm, rv, training, 0.1, bn.eps)
+                dxt = torch.ops.aten.native_batch_norm_backward(dyt, xt, w, rm, rv, save_mean, save_invstd,
+                                                                training, bn.eps, [True, False, False])[0]
+                bounds = {"y": 0.5 * float16_spacing(y_ref) + 1e-6 * (1 + np.abs(y_ref)),
+                          "dx": 0.5 * float16_spacing(dx_ref) + 1e-5 * np.abs(dx_ref).max()}
+                for quantity, got, exact, theirs in (("y", y, y_ref, yt), ("dx", dx, dx_ref, dxt)):
+                    err = np.abs(got.astype(np.float64) - exact)
+                    apart = np.abs(got.astype(np.float64) - theirs.numpy().astype(np.float64))
+                    for key, value in ((("reference", quantity, layout), (err / bounds[quantity]).max()),
+                                       (("torch", quantity, layout), apart.max() / float16_spacing(np.abs(exact).max()))):
+                        worst[key] = max(worst.get(key, 0.0), float(value))
+    for (against, quantity, layout), value in sorted(worst.items()):
+        unit = "of the bound" if against == "reference" else "float16 ulp of the largest value"
+        FIGURES.append(f"float16 largest error vs {against}: {quantity} ({layout}) {value:.3f} {unit}")
+    for (against, quantity, layout), value in worst.items():
+        assert value <= (1.0 if against == "reference" else 2.0), (against, quantity, layout, value)
