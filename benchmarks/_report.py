@@ -261,9 +261,10 @@ def save_png(path: Path, records: list[dict], meta: dict) -> bool:
     ops = [op for op in OPS if any(r["op"] == op for r in records)]
     if not ops:
         return False
+    # one full-width row per op, then the speed-up panel: room for a label per case
     n_cases = len({r["case"] for r in records})
-    fig = plt.figure(figsize=(max(6.0, 0.75 * n_cases) * len(ops), 10.5))
-    grid = fig.add_gridspec(2, len(ops), height_ratios=[1.15, 1.0], hspace=0.55, wspace=0.08)
+    fig = plt.figure(figsize=(max(12.0, 0.8 * n_cases), 5.0 * (len(ops) + 1)))
+    grid = fig.add_gridspec(len(ops) + 1, 1, hspace=0.6)
 
     # --- top row: time / copy. Cache-resident (small) cases are left out:
     # a copy of a few hundred KB runs from cache, so the ratio says nothing
@@ -272,7 +273,7 @@ def save_png(path: Path, records: list[dict], meta: dict) -> bool:
     width = 0.8 / len(series)
     top_axes = []
     for j, op in enumerate(ops):
-        ax = fig.add_subplot(grid[0, j], sharey=top_axes[0] if top_axes else None)
+        ax = fig.add_subplot(grid[j, 0], sharey=top_axes[0] if top_axes else None)
         top_axes.append(ax)
         recs = [r for r in records if r["op"] == op and not r["small"]]
         for k, (impl, color) in enumerate(series):
@@ -296,16 +297,14 @@ def save_png(path: Path, records: list[dict], meta: dict) -> bool:
         ax.set_title(f"{OP_LABELS[op]}: time / copy of the same traffic", fontsize=11)
         ax.grid(axis="y", which="both", alpha=0.3)
         ax.set_axisbelow(True)
-        if j:
-            ax.tick_params(labelleft=False)
-    top_axes[0].set_ylabel("x copy time (log scale, lower is better)")
+        ax.set_ylabel("x copy time (log, lower is better)")
     _plain_log_ticks(top_axes[0], "x")  # shared y axis: applies to the whole row
     handles, names = top_axes[0].get_legend_handles_labels()
-    top_axes[len(top_axes) // 2].legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 1.09),
+    top_axes[0].legend(handles, names, loc="lower center", bbox_to_anchor=(0.5, 1.09),
                                         ncol=len(handles), fontsize=9, frameon=False)
 
     # --- bottom row, one wide panel: speedup of bnorm (out=) over torch.
-    ax = fig.add_subplot(grid[1, :])
+    ax = fig.add_subplot(grid[len(ops), 0])
     cases = list(dict.fromkeys(r["case"] for r in records))
     labels = {r["case"]: _case_label(r) for r in records}
     bars = [(op, OP_LABELS[op], speedup_vs_torch) for op in ops]
@@ -339,7 +338,7 @@ def save_png(path: Path, records: list[dict], meta: dict) -> bool:
     ax.set_title("bnorm (out=) vs the faster torch call", fontsize=11)
     ax.grid(axis="y", which="both", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=4, frameon=False)
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=4, frameon=False)
 
     fig.suptitle(f"bnorm {meta.get('bnorm') or '(not available)'} vs torch {meta['torch']} vs NumPy: "
                  f"{meta['cpu_model']}, {meta['threads']} threads, medians of {meta['repeat']}", fontsize=12)
