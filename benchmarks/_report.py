@@ -189,18 +189,15 @@ def _op_summary(op: str, recs: list[dict]) -> tuple[str, dict]:
     cr = statistics.median(ratios) if ratios and not wrong else None
     parts = []
     entry = {"speedup_vs_torch": sp, "bnorm_over_copy": cr, "shapes": len(recs)}
-    if op in SPEEDUP_TARGETS:
-        v = _verdict(sp, SPEEDUP_TARGETS[op], True)
-        entry["speedup_target"], entry["speedup_verdict"] = SPEEDUP_TARGETS[op], v
-        parts.append(f"{_fmt(sp, 'x')} faster than torch (target >= {SPEEDUP_TARGETS[op]}x) {v}")
-    else:
-        parts.append(f"{_fmt(sp, 'x')} faster than torch (no target)")
-    if op in COPY_TARGETS:
-        v = _verdict(cr, COPY_TARGETS[op], False)
-        entry["copy_target"], entry["copy_verdict"] = COPY_TARGETS[op], v
-        parts.append(f"{_fmt(cr, 'x')} copy (target <= {COPY_TARGETS[op]}x) {v}")
-    else:
-        parts.append(f"{_fmt(cr, 'x')} copy (no target)")
+    for key, value, targets, higher, text, relation in (
+            ("speedup", sp, SPEEDUP_TARGETS, True, "faster than torch", ">="),
+            ("copy", cr, COPY_TARGETS, False, "copy", "<=")):
+        if op in targets:
+            v = _verdict(value, targets[op], higher)
+            entry[f"{key}_target"], entry[f"{key}_verdict"] = targets[op], v
+            parts.append(f"{_fmt(value, 'x')} {text} (target {relation} {targets[op]}x) {v}")
+        else:
+            parts.append(f"{_fmt(value, 'x')} {text} (no target)")
     if wrong:
         parts.append("bnorm output WRONG on some shape")
     return "; ".join(parts), entry
