@@ -276,10 +276,18 @@ static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out,
         if (body_end < width)
             BN_NAME(output_chunk)(x + width - BN_LANES, dy + width - BN_LANES, tail_chunk, terms, w);
         BN_NAME(output_chunks)(x, dy, out, head, body_end, w, terms, stream);
-        for (int64_t i = 0; i < head; i++)
-            out[i] = head_chunk[i];
-        for (int64_t i = body_end; i < width; i++)
-            out[i] = tail_chunk[i - (width - BN_LANES)];
+        if (stream) {
+            /* only the new elements: non-temporal stores are not ordered with later
+             * stores to the lines they wrote */
+            for (int64_t i = 0; i < head; i++)
+                out[i] = head_chunk[i];
+            for (int64_t i = body_end; i < width; i++)
+                out[i] = tail_chunk[i - (width - BN_LANES)];
+        } else if (body_end < width) {
+            /* whole (elements in the overlap get the values they already have): one
+             * fixed-size copy instead of a call for a few bytes */
+            memcpy(out + width - BN_LANES, tail_chunk, sizeof tail_chunk);
+        }
         return;
     }
     for (int64_t i = 0; i < head; i++)
