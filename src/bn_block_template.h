@@ -46,7 +46,6 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
 {
     const BN_T *x = xv;
     double acc[BN_LANES] = {0};
-    double tail = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
@@ -55,10 +54,10 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
         if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
             BN_NAME(sum_chunk)(row + width - BN_LANES, BN_LANES - (width - i), acc);
         else
-            for (; i < width; i++)
-                tail += (double)BN_WIDEN1(row + i);
+            for (int j = 0; i + j < width; j++)
+                acc[j] += (double)BN_WIDEN1(row + i + j);
     }
-    return bn_combine_lanes(acc) + tail;
+    return bn_combine_lanes(acc);
 }
 
 static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, BN_WORK shift, double acc_d[BN_LANES],
@@ -87,7 +86,6 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
     const BN_T *x = xv;
     const BN_WORK k = (BN_WORK)shift;
     double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
-    double tail_d = 0.0, tail_d2 = 0.0;
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
         int64_t i = 0;
@@ -96,14 +94,14 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
         if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
             BN_NAME(shifted_sums_chunk)(row + width - BN_LANES, BN_LANES - (width - i), k, acc_d, acc_d2);
         else
-            for (; i < width; i++) {
-                double d = (double)(BN_WIDEN1(row + i) - k);
-                tail_d += d;
-                tail_d2 += d * d;
+            for (int j = 0; i + j < width; j++) {
+                const double d = (double)(BN_WIDEN1(row + i + j) - k);
+                acc_d[j] += d;
+                acc_d2[j] += d * d;
             }
     }
-    *sum_d = bn_combine_lanes(acc_d) + tail_d;
-    *sum_d2 = bn_combine_lanes(acc_d2) + tail_d2;
+    *sum_d = bn_combine_lanes(acc_d);
+    *sum_d2 = bn_combine_lanes(acc_d2);
 }
 
 /* ---- per-element formulas, on BN_WORK values ----
@@ -184,7 +182,6 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
                                            double *sum_dy_xmu)
 {
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
-    double tail_g = 0.0, tail_gx = 0.0;
     const double mean = k->mean;
     const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
     for (int64_t r = 0; r < rows; r++) {
@@ -196,16 +193,16 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
             const int64_t last = width - BN_LANES;
             BN_NAME(grad_sums_chunk)(xr + last, gr + last, BN_LANES - (width - i), relu_mask, mean, &w, acc_g, acc_gx);
         } else {
-            for (; i < width; i++) {
-                const BN_WORK xi = BN_WIDEN1(xr + i);
-                const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i), relu_mask, &w);
-                tail_g += g;
-                tail_gx += g * ((double)xi - mean);
+            for (int j = 0; i + j < width; j++) {
+                const BN_WORK xi = BN_WIDEN1(xr + i + j);
+                const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i + j), relu_mask, &w);
+                acc_g[j] += g;
+                acc_gx[j] += g * ((double)xi - mean);
             }
         }
     }
-    *sum_dy = bn_combine_lanes(acc_g) + tail_g;
-    *sum_dy_xmu = bn_combine_lanes(acc_gx) + tail_gx;
+    *sum_dy = bn_combine_lanes(acc_g);
+    *sum_dy_xmu = bn_combine_lanes(acc_gx);
 }
 
 static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
