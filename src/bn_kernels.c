@@ -281,6 +281,23 @@ static void apply_task(void *ctx, int64_t t)
     job->apply(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
 }
 
+/* Task t of an NCHW apply in memory order: BN_BLOCK_ELEMS elements' worth of
+ * consecutive rows, row q being channel q % C of sample q / C. */
+static void apply_in_memory_order_task(void *ctx, int64_t t)
+{
+    bn_job *job = ctx;
+    const bn_dims d = job->dims;
+    const int64_t rows_per_task = BN_BLOCK_ELEMS / d.s > 0 ? BN_BLOCK_ELEMS / d.s : 1;
+    const int64_t first = t * rows_per_task, rows = d.n * d.c;
+    const int64_t end = first + rows_per_task < rows ? first + rows_per_task : rows;
+    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    for (int64_t q = first; q < end; q++) {
+        const bn_coefs k = coefs_of_channel(job, q % d.c);
+        job->ops->output(job->x + q * row_bytes, NULL, job->out + q * row_bytes, 1, d.s, d.s, &k, job->terms,
+                         job->stream);
+    }
+}
+
 static bn_status run_job(bn_job *job)
 {
     const bn_dims d = job->dims;
@@ -296,7 +313,14 @@ static bn_status run_job(bn_job *job)
     if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->work == NULL)))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
-    if (!channels_last && d.c >= runs) {
+    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    if (!channels_last && !job->gather && row_bytes <= BN_PREFETCH_MAX_ROW_BYTES) {
+        /* Eval forward with short rows: the coefficients, then the output in memory
+         * order, one stream instead of N rows C * S apart per channel. */
+        bn_pool_run(d.c, reduce_task, job, d.c);
+        const int64_t rows_per_task = BN_BLOCK_ELEMS / d.s > 0 ? BN_BLOCK_ELEMS / d.s : 1;
+        bn_pool_run((d.n * d.c + rows_per_task - 1) / rows_per_task, apply_in_memory_order_task, job, work);
+    } else if (!channels_last && d.c >= runs) {
         job->channels_per_run = (d.c + runs - 1) / runs;
         bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, work);
     } else {

@@ -160,8 +160,10 @@ def test_float16_module_rejects_float32_input():
 # Rows shorter than the kernels' 32-element chunks, rows that end in a partial chunk
 # (float16 computes it as a chunk overlapping the previous one, before writing), and
 # an output of >= 16 MiB, which is written with streaming stores after a head chunk.
+# Eval with short rows runs in memory order (also streamed from 16 MiB: the last two).
 IN_PLACE_CASES = [((2, 5, 3, 4), np.float32), ((2, 5, 37, 41), np.float32), ((2, 5, 37, 41), np.float16),
-                  ((2, 5, 37, 41), np.float64), ((2, 5, 1031, 1031), np.float16), ((1, 5, 1031, 1031), np.float32)]
+                  ((2, 5, 37, 41), np.float64), ((2, 5, 1031, 1031), np.float16), ((1, 5, 1031, 1031), np.float32),
+                  ((2100, 5, 43, 19), np.float16), ((1800, 5, 43, 11), np.float32)]
 
 
 @pytest.mark.parametrize("shape, dtype", IN_PLACE_CASES, ids=lambda v: str(v) if isinstance(v, tuple) else None)
@@ -169,6 +171,8 @@ def test_eval_forward_in_place(rng, shape, dtype):
     bn = random_module(2, rng, dtype=dtype).eval()
     x = rng.standard_normal(shape).astype(dtype)
     expected = bn(x)
+    reference = ref.forward(x, bn.gamma, bn.beta, bn.running_mean, bn.running_var)
+    np.testing.assert_allclose(expected, reference, rtol=0, atol=tolerance(dtype, x))
     y = bn(x, out=x)
     assert y is x
     np.testing.assert_array_equal(x, expected)
