@@ -16,7 +16,8 @@
  * gathering its blocks, reducing, then applying them in reverse so that the most
  * recently read ones are still in cache: memory sees about one read of the input.
  * With few channels the three steps are three pool runs over all blocks, so every
- * thread has work.
+ * thread has work. An eval forward (nothing to gather) with short rows writes its
+ * output in memory order instead, rows of consecutive channels one after the other.
  *
  * Channels-last data (NHWC, and (N, C) input): a block is a run of whole rows, each
  * holding every channel; gather and apply work on vectors across channels, and the
