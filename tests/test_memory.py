@@ -32,6 +32,10 @@ SHAPE = (16, 8, 16, 16)  # float32: 128 KiB per array
 # times the run-to-run noise observed (0 to a few hundred KiB).
 TRACED_BOUND = 64 * 1024
 RSS_BOUND = 8 * 1024 * 1024
+# Under AddressSanitizer (.ci/sanitize preloads libasan) freed memory waits in ASan's
+# quarantine, so RSS grows without a leak (11 MB over CALLS seen): there only the
+# tracemalloc bound applies, as in test_memory_long.py.
+SANITIZED = "asan" in os.environ.get("LD_PRELOAD", "")
 
 
 def rss_bytes():
@@ -96,7 +100,7 @@ def test_memory_is_flat(arrays, calls):
     finally:
         tracemalloc.stop()
     assert traced_growth < TRACED_BOUND, f"traced memory grew by {traced_growth} bytes"
-    assert rss_growth < RSS_BOUND, f"RSS grew by {rss_growth} bytes"
+    assert SANITIZED or rss_growth < RSS_BOUND, f"RSS grew by {rss_growth} bytes"
 
 
 @pytest.mark.parametrize("calls", [module_calls, functional_calls, failing_calls],
