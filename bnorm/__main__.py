@@ -1,11 +1,12 @@
 """python -m bnorm: show the configuration, then run a training step on a realistic
-batch and check it against the float64 reference."""
+batch and check it against the float64 reference (exit status 1 if a check fails)."""
+import sys
 import time
 
 import numpy as np
 
 import bnorm
-from bnorm.testing import reference
+from bnorm.testing import assert_batch_norm_close, reference
 
 SHAPE = (32, 64, 56, 56)  # the input of a ResNet-50 stage-1 batch norm
 
@@ -41,6 +42,18 @@ def main():
     print(f"  max |dgamma - ref| / max|ref| {np.max(np.abs(bn.grad_gamma - dgamma_ref)) / np.max(np.abs(dgamma_ref)):.2e}")
     print(f"  running_mean[:3] {np.array2string(bn.running_mean[:3], precision=4)}"
           f" (0.1 x the batch mean of about 100)")
+    # The bounds for well-conditioned data: no x is passed, so the offset of 100 earns
+    # no extra tolerance, and bnorm meets them anyway.
+    M = x.size // channels
+    try:
+        assert_batch_norm_close(y, y_ref, np.float32, M, what="output")
+        assert_batch_norm_close(dx, dx_ref, np.float32, M, what="grad_input")
+        assert_batch_norm_close(bn.grad_gamma, dgamma_ref, np.float32, M, what="grad_weight")
+        assert_batch_norm_close(bn.grad_beta, dbeta_ref, np.float32, M, what="grad_bias")
+    except AssertionError as failure:
+        print(f"\nCHECK FAILED: {failure}")
+        return 1
+    print("  all within bnorm.testing.assert_batch_norm_close's bounds for well-conditioned data")
 
     out = np.empty_like(x)
     forward_ms = median_ms(lambda: bn(x, out=out))
@@ -48,7 +61,8 @@ def main():
     copy_ms = median_ms(lambda: np.copyto(out, x))
     print(f"\ntimes (median of 7, {bnorm.get_num_threads()} threads): forward {forward_ms:.2f} ms, "
           f"backward {backward_ms:.2f} ms, single-threaded np.copyto of x {copy_ms:.2f} ms")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
