@@ -21,8 +21,8 @@
  * The file is compiled once per x86-64 level with different -m flags. The source
  * fixes every summation order (BN_LANES independent accumulators, element i of a
  * row going to accumulator i % BN_LANES, or to its lane in an overlapping last
- * chunk, then a fixed pairwise combine; channels-last rows in order) and the build disables FMA contraction, so every level
- * produces the same bits. Functions taking a `terms` or `relu_mask` flag are
+ * chunk, then a fixed pairwise combine; channels-last rows in order) and the build
+ * disables FMA contraction, so every level produces the same bits. Functions taking a `terms` or `relu_mask` flag are
  * written once and instantiated for each flag value by constant arguments to
  * inline helpers.
  */

@@ -36,10 +36,11 @@
 /* NCHW by-channel scheduling when there are at least this many channels per thread;
  * the channels are then split into this many runs of consecutive channels per thread. */
 #define BN_CHANNELS_PER_THREAD 4
-/* Channels whose rows are at most this long are prefetched one channel ahead: short
- * rows C * S apart defeat the hardware prefetcher, and the loads then wait on
- * memory one row at a time (32 x 2048 x 7 x 7 input ran at a tenth of copy speed). */
-#define BN_PREFETCH_MAX_ROW_BYTES 2048
+/* NCHW rows at most this long are short: N of them C * S apart defeat the hardware
+ * prefetcher, and the loads then wait on memory one row at a time (32 x 2048 x 7 x 7
+ * input ran at a tenth of copy speed). Channels of short rows are prefetched a few
+ * channels ahead, and an eval forward over them runs in memory order instead. */
+#define BN_SHORT_ROW_BYTES 2048
 #define BN_PREFETCH_AHEAD 4
 /* Outputs at least this large are written past the cache (NCHW): they are far
  * larger than the caches, and the input still to be read should stay there. */
@@ -207,7 +208,7 @@ static void prefetch_channel(const bn_job *job, int64_t c)
 {
 #if defined(__GNUC__)
     const int64_t elem = (int64_t)elem_size(job->dtype), row_bytes = job->dims.s * elem;
-    if (row_bytes > BN_PREFETCH_MAX_ROW_BYTES)
+    if (row_bytes > BN_SHORT_ROW_BYTES)
         return;
     const bn_block blk = block_at(job, 0);
     const int64_t start = block_bytes(job, c, &blk), stride = job->dims.c * job->dims.s * elem;
@@ -282,15 +283,14 @@ static void apply_task(void *ctx, int64_t t)
     job->apply(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
 }
 
-/* Task t of an NCHW apply in memory order: BN_BLOCK_ELEMS elements' worth of
- * consecutive rows, row q being channel q % C of sample q / C. */
+/* Task t of an NCHW apply in memory order: rows_per_block (BN_BLOCK_ELEMS elements'
+ * worth) consecutive rows, row q being channel q % C of sample q / C. */
 static void apply_in_memory_order_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
     const bn_dims d = job->dims;
-    const int64_t rows_per_task = BN_BLOCK_ELEMS / d.s > 0 ? BN_BLOCK_ELEMS / d.s : 1;
-    const int64_t first = t * rows_per_task, rows = d.n * d.c;
-    const int64_t end = first + rows_per_task < rows ? first + rows_per_task : rows;
+    const int64_t first = t * job->rows_per_block, rows = d.n * d.c;
+    const int64_t end = first + job->rows_per_block < rows ? first + job->rows_per_block : rows;
     const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
     for (int64_t q = first; q < end; q++) {
         const bn_coefs k = coefs_of_channel(job, q % d.c);
@@ -315,12 +315,12 @@ static bn_status run_job(bn_job *job)
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
     const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
-    if (!channels_last && !job->gather && row_bytes <= BN_PREFETCH_MAX_ROW_BYTES) {
+    if (!channels_last && !job->gather && row_bytes <= BN_SHORT_ROW_BYTES) {
         /* Eval forward with short rows: the coefficients, then the output in memory
          * order, one stream instead of N rows C * S apart per channel. */
         bn_pool_run(d.c, reduce_task, job, d.c);
-        const int64_t rows_per_task = BN_BLOCK_ELEMS / d.s > 0 ? BN_BLOCK_ELEMS / d.s : 1;
-        bn_pool_run((d.n * d.c + rows_per_task - 1) / rows_per_task, apply_in_memory_order_task, job, work);
+        bn_pool_run((d.n * d.c + job->rows_per_block - 1) / job->rows_per_block, apply_in_memory_order_task, job,
+                    work);
     } else if (!channels_last && d.c >= runs) {
         job->channels_per_run = (d.c + runs - 1) / runs;
         bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, work);
