@@ -1,6 +1,6 @@
 """Build of bnorm's C extension.
 
-The block loops (src/bn_block_*.c) are compiled once per x86-64 level with that
+The block loops (src/kernels/block_*.c) are compiled once per x86-64 level with that
 level's -m flags; everything else is compiled for the baseline, and the level is
 chosen at import from the CPU's features. No tuning for the build machine's CPU and no fast-math: a wheel
 must run on any x86-64 CPU and must not change the process's floating-point mode.
@@ -16,20 +16,20 @@ from setuptools.command.build_ext import build_ext
 SRC = Path("src")
 
 COMMON_SOURCES = [
-    "module.c",
-    "batchnorm_type.c",
-    "functional.c",
-    "arrays.c",
-    "bn_kernels.c",
-    "bn_dispatch.c",
-    "bn_pool.c",
-    "bn_block_baseline.c",
+    "binding/module.c",
+    "binding/batchnorm_type.c",
+    "binding/functional.c",
+    "binding/arrays.c",
+    "kernels/fused.c",
+    "kernels/dispatch.c",
+    "kernels/pool.c",
+    "kernels/block_baseline.c",
 ]
 
 # Extra flags of the x86-64 levels beyond the baseline, by source file.
 X86_LEVEL_SOURCES = {
-    "bn_block_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
-    "bn_block_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
+    "kernels/block_avx2.c": ["-mavx2", "-mfma", "-mf16c"],
+    "kernels/block_avx512.c": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"],
 }
 
 # -ffp-contract=off: no fused multiply-add, so every level rounds identically and
@@ -63,8 +63,8 @@ class BuildWithLevels(build_ext):
 core = Extension(
     "bnorm._core",
     sources=[str(SRC / s) for s in COMMON_SOURCES],
-    depends=[str(p) for p in SRC.glob("*.h")] + [str(SRC / s) for s in X86_LEVEL_SOURCES],
-    include_dirs=[numpy.get_include(), str(SRC)],
+    depends=[str(p) for p in SRC.glob("*/*.h")] + [str(SRC / s) for s in X86_LEVEL_SOURCES],
+    include_dirs=[numpy.get_include(), str(SRC / "kernels"), str(SRC / "binding")],
     # Built against NumPy 2, runs on NumPy >= 1.23.
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_23_API_VERSION"),
                    ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION")],

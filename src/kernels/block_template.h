@@ -1,5 +1,5 @@
 /*
- * Type-generic block loops, included once per element type by bn_block_isa.h:
+ * Type-generic block loops, included once per element type by block_isa.h:
  *   BN_T                    the element type (float, double, _Float16)
  *   BN_NAME(op)             op decorated with the type and the level
  *   BN_WORK                 the type output loops compute in (float for float32 and

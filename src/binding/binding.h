@@ -15,7 +15,7 @@
 #endif
 #include <numpy/arrayobject.h>
 
-#include "bn_kernels.h"
+#include "bnorm_kernels.h"
 
 /* ---- arrays.c: argument checks with messages that say what was expected ---- */
 

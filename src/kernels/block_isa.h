@@ -3,7 +3,7 @@
  * BN_LEVEL and includes this file; setup.py compiles it with that level's -m flags.
  * The template is instantiated for float and double and collected into a table.
  */
-#include "bn_block_ops.h"
+#include "block_ops.h"
 
 #include <stdint.h>
 #include <string.h>
@@ -56,7 +56,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_EXPAND3(a, b, c) BN_PASTE3(a, b, c)
 
 /* Conversions between elements and the type loops compute in (see
- * bn_block_template.h). float and double compute in their own type: chunks are the
+ * block_template.h). float and double compute in their own type: chunks are the
  * elements themselves, read and written in place. */
 #define BN_SAME_WIDE_CHUNK(v, p) const BN_WORK *v = (p)
 #define BN_SAME_OUT_CHUNK(o, p) BN_WORK *o = (p)
@@ -74,7 +74,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NARROW1 BN_CAST_NARROW1
 #define BN_ZERO_BELOW 0.0f
 #define BN_CHUNKED_TAILS 0
-#include "bn_block_template.h"
+#include "block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
@@ -84,7 +84,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
 #define BN_WORK double
 #define BN_ZERO_BELOW 0.0
-#include "bn_block_template.h"
+#include "block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK
@@ -164,7 +164,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
  * (exactly half rounds to even: 0) */
 #define BN_ZERO_BELOW 0x1p-25f
 #define BN_CHUNKED_TAILS 1
-#include "bn_block_template.h"
+#include "block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_WORK

@@ -23,13 +23,13 @@
  * holding every channel; gather and apply work on vectors across channels, and the
  * steps are always three pool runs.
  */
-#include "bn_kernels.h"
+#include "bnorm_kernels.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-#include "bn_dispatch.h"
-#include "bn_pool.h"
+#include "dispatch.h"
+#include "pool.h"
 
 /* Elements per block: two passes over a block run from the core's private cache. */
 #define BN_BLOCK_ELEMS 16384

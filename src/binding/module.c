@@ -8,8 +8,8 @@
 
 #include <stdlib.h>
 
-#include "bn_dispatch.h"
-#include "bn_pool.h"
+#include "dispatch.h"
+#include "pool.h"
 
 typedef struct {
     PyTypeObject *batchnorm_type;

@@ -1,4 +1,4 @@
-#include "bn_dispatch.h"
+#include "dispatch.h"
 
 #include <string.h>
 

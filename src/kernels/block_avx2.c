@@ -1,3 +1,3 @@
 /* The block loops built for the avx2 x86-64 level (flags in setup.py). */
 #define BN_LEVEL avx2
-#include "bn_block_isa.h"
+#include "block_isa.h"

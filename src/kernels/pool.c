@@ -1,5 +1,5 @@
 #define _GNU_SOURCE
-#include "bn_pool.h"
+#include "pool.h"
 
 #include <pthread.h>
 #include <sched.h>

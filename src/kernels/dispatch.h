@@ -2,8 +2,8 @@
 #ifndef BN_DISPATCH_H
 #define BN_DISPATCH_H
 
-#include "bn_block_ops.h"
-#include "bn_kernels.h"
+#include "block_ops.h"
+#include "bnorm_kernels.h"
 
 typedef enum { BN_SIMD_BASELINE = 0, BN_SIMD_AVX2 = 1, BN_SIMD_AVX512 = 2, BN_SIMD_COUNT } bn_simd;
 

@@ -3,15 +3,15 @@
  * channel: `rows` rows of `width` contiguous elements, row r starting `stride`
  * elements after row r - 1; outputs use the same offsets as inputs. For
  * channels-last data a block is a run of whole rows holding every channel. One table per dtype and per instruction-set level; the tables
- * are built from one source (bn_block_template.h) compiled once per level, and
- * bn_dispatch.c picks the level at import.
+ * are built from one source (block_template.h) compiled once per level, and
+ * dispatch.c picks the level at import.
  */
 #ifndef BN_BLOCK_OPS_H
 #define BN_BLOCK_OPS_H
 
 #include <stdint.h>
 
-#include "bn_kernels.h"
+#include "bnorm_kernels.h"
 
 /* Per-channel coefficients of the output loops:
  *   z   = relu_scale * (x - mean) + relu_shift   the forward's pre-activation
