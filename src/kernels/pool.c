@@ -2,10 +2,14 @@
 #include "pool.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#if defined(_WIN32)
+#include <windows.h>
+#else
+#include <sched.h>
 #include <unistd.h>
+#endif
 
 /* Below this many elements a job runs on the calling thread: waking workers costs
  * a few microseconds, as much as normalising this many elements. */
@@ -17,7 +21,10 @@ typedef struct {
     pthread_cond_t finished;  /* the caller waits here for running == 0 */
     pthread_mutex_t job_lock; /* held by the one caller whose job owns the pool */
     pthread_t *threads;
-    int nthreads;        /* threads a job may use, caller included */
+    /* Threads a job may use, caller included. Written under job_lock, read without
+     * it by every call deciding whether to go parallel: atomic, so that read is
+     * defined behaviour (and ThreadSanitizer-clean) rather than a data race. */
+    atomic_int nthreads;
     int nworkers;        /* worker threads currently alive */
     int stopping;
     uint64_t generation; /* bumped for each job */
@@ -88,7 +95,7 @@ static void stop_workers(void)
 /* Called with job_lock held. Returns 0 when nthreads - 1 workers are alive. */
 static int start_workers(void)
 {
-    int want = pool.nthreads - 1;
+    int want = atomic_load(&pool.nthreads) - 1;
     if (pool.nworkers == want)
         return 0;
     stop_workers();
@@ -115,7 +122,7 @@ static void run_inline(int64_t ntasks, bn_task_fn fn, void *ctx)
 
 void bn_pool_run(int64_t ntasks, bn_task_fn fn, void *ctx, int64_t work)
 {
-    if (ntasks <= 1 || work < BN_POOL_MIN_PARALLEL_WORK || pool.nthreads <= 1 ||
+    if (ntasks <= 1 || work < BN_POOL_MIN_PARALLEL_WORK || atomic_load_explicit(&pool.nthreads, memory_order_relaxed) <= 1 ||
         pthread_mutex_trylock(&pool.job_lock) != 0) {
         run_inline(ntasks, fn, ctx);
         return;
@@ -148,17 +155,17 @@ int bn_pool_set_threads(int n)
 {
     pthread_once(&fork_handlers_once, install_fork_handlers);
     pthread_mutex_lock(&pool.job_lock);
-    pool.nthreads = n < 1 ? 1 : n;
+    atomic_store(&pool.nthreads, n < 1 ? 1 : n);
     int status = start_workers();
     if (status != 0) {
         stop_workers();
-        pool.nthreads = 1;
+        atomic_store(&pool.nthreads, 1);
     }
     pthread_mutex_unlock(&pool.job_lock);
     return status;
 }
 
-int bn_pool_get_threads(void) { return pool.nthreads; }
+int bn_pool_get_threads(void) { return atomic_load_explicit(&pool.nthreads, memory_order_relaxed); }
 
 int bn_pool_available_cpus(void)
 {
@@ -167,10 +174,17 @@ int bn_pool_available_cpus(void)
     if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
         return CPU_COUNT(&set);
 #endif
+#if defined(_WIN32)
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return info.dwNumberOfProcessors > 0 ? (int)info.dwNumberOfProcessors : 1;
+#else
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+#endif
 }
 
+#if !defined(_WIN32) /* no fork() there */
 /* fork(): the prepare handler takes job_lock so no job is half-way through when the
  * process is copied; the child has none of the workers, so it forgets them and
  * starts new ones on its next parallel job. */
@@ -195,3 +209,6 @@ static void install_fork_handlers(void)
 {
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
+#else
+static void install_fork_handlers(void) {}
+#endif
