@@ -1,0 +1,235 @@
+/*
+ * C tests of the kernel layer (src/kernels), no Python involved: training forward,
+ * eval forward and backward for every dtype the build has, NCHW and channels-last,
+ * odd sizes and row tails, against a plain double-precision reference below; and
+ * bit-identical results for every thread count (1, 2, 3, 8) and every SIMD level
+ * this CPU supports. Prints the number of checks; exits 1 at the first failure.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bnorm_kernels.h"
+#include "dispatch.h"
+#include "pool.h"
+
+static long checks;
+
+#define CHECK(cond, ...)                                                                 \
+    do {                                                                                 \
+        checks++;                                                                        \
+        if (!(cond)) {                                                                   \
+            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);                       \
+            fprintf(stderr, __VA_ARGS__);                                                \
+            fputc('\n', stderr);                                                         \
+            exit(1);                                                                     \
+        }                                                                                \
+    } while (0)
+
+static const char *const dtype_names[BN_DTYPE_COUNT] = {"float32", "float64", "float16"};
+
+static size_t data_size(bn_dtype t) { return t == BN_FLOAT64 ? 8 : t == BN_FLOAT32 ? 4 : 2; }
+static bn_dtype param_dtype(bn_dtype t) { return t == BN_FLOAT16 ? BN_FLOAT32 : t; }
+
+static double get(bn_dtype t, const void *p, int64_t i)
+{
+    switch (t) {
+    case BN_FLOAT32: return ((const float *)p)[i];
+    case BN_FLOAT64: return ((const double *)p)[i];
+#if defined(__FLT16_MAX__)
+    case BN_FLOAT16: return (double)((const _Float16 *)p)[i];
+#endif
+    default: abort();
+    }
+}
+
+static void set(bn_dtype t, void *p, int64_t i, double v)
+{
+    switch (t) {
+    case BN_FLOAT32: ((float *)p)[i] = (float)v; return;
+    case BN_FLOAT64: ((double *)p)[i] = v; return;
+#if defined(__FLT16_MAX__)
+    case BN_FLOAT16: ((_Float16 *)p)[i] = (_Float16)v; return;
+#endif
+    default: abort();
+    }
+}
+
+/* Relative rounding unit of a dtype, for the tolerances. */
+static double unit(bn_dtype t) { return t == BN_FLOAT64 ? 0x1p-53 : t == BN_FLOAT32 ? 0x1p-24 : 0x1p-11; }
+
+static uint64_t rng = 88172645463325252ull;
+static double uniform(void) /* in [-1, 1) */
+{
+    rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+    return (double)(rng >> 11) * 0x1p-52 - 1.0;
+}
+
+static int64_t at(bn_dims d, int64_t n, int64_t c, int64_t s)
+{
+    return d.channels_last ? (n * d.s + s) * d.c + c : (n * d.c + c) * d.s + s;
+}
+
+typedef struct {
+    void *y, *dx, *dgamma, *dbeta;
+    double *mean, *var, *invstd;
+} results;
+
+static results alloc_results(bn_dtype t, bn_dims d)
+{
+    size_t count = (size_t)(d.n * d.c * d.s);
+    results r = {calloc(count, data_size(t)), calloc(count, data_size(t)),
+                 calloc((size_t)d.c, data_size(param_dtype(t))), calloc((size_t)d.c, data_size(param_dtype(t))),
+                 calloc((size_t)d.c, 8), calloc((size_t)d.c, 8), calloc((size_t)d.c, 8)};
+    return r;
+}
+
+static void free_results(results *r)
+{
+    free(r->y), free(r->dx), free(r->dgamma), free(r->dbeta), free(r->mean), free(r->var), free(r->invstd);
+}
+
+static int same(const results *a, const results *b, bn_dtype t, bn_dims d)
+{
+    size_t count = (size_t)(d.n * d.c * d.s), pc = (size_t)d.c * data_size(param_dtype(t));
+    return !memcmp(a->y, b->y, count * data_size(t)) && !memcmp(a->dx, b->dx, count * data_size(t)) &&
+           !memcmp(a->dgamma, b->dgamma, pc) && !memcmp(a->dbeta, b->dbeta, pc) &&
+           !memcmp(a->mean, b->mean, (size_t)d.c * 8) && !memcmp(a->var, b->var, (size_t)d.c * 8);
+}
+
+/* Training forward then backward with batch statistics, and an eval forward into dx
+ * checked on its own before the backward overwrites it. */
+static void run_kernels(bn_dtype t, bn_dims d, const void *x, const void *dy, const void *gamma, const void *beta,
+                        int relu, results *r)
+{
+    CHECK(bn_forward_train(t, d, x, r->y, gamma, beta, 1e-5, relu, r->mean, r->var, r->invstd) == BN_OK, "train");
+    CHECK(bn_forward_eval(t, d, x, r->dx, gamma, beta, r->mean, r->invstd, relu) == BN_OK, "eval");
+    size_t count = (size_t)(d.n * d.c * d.s);
+    CHECK(!memcmp(r->dx, r->y, count * data_size(t)), "eval forward with the batch statistics != training forward");
+    CHECK(bn_backward(t, d, x, dy, r->dx, gamma, beta, r->mean, r->invstd, 1, relu, r->dgamma, r->dbeta) == BN_OK,
+          "backward");
+}
+
+/* The reference: every sum in long double over the stored (rounded) inputs. */
+static void check_against_reference(bn_dtype t, bn_dims d, const void *x, const void *dy, const void *gamma,
+                                    const void *beta, int relu, const results *r)
+{
+    const bn_dtype pt = param_dtype(t);
+    const double m = (double)(d.n * d.s), u = unit(t);
+    /* Rounding errors of the kernels' blocked sums grow about as sqrt(m). */
+    const double growth = 16 + sqrt(m);
+    for (int64_t c = 0; c < d.c; c++) {
+        long double sum = 0, sum2 = 0;
+        double scale = 0;
+        for (int64_t n = 0; n < d.n; n++)
+            for (int64_t s = 0; s < d.s; s++)
+                sum += get(t, x, at(d, n, c, s));
+        const double mean = (double)(sum / m);
+        for (int64_t n = 0; n < d.n; n++)
+            for (int64_t s = 0; s < d.s; s++) {
+                const double v = get(t, x, at(d, n, c, s));
+                sum2 += (v - mean) * (v - mean);
+                scale = fmax(scale, fabs(v));
+            }
+        const double var = (double)(sum2 / m), invstd = 1 / sqrt(var + 1e-5), g = get(pt, gamma, c), b = get(pt, beta, c);
+        /* float16 data is computed in float lanes: float32 rounding of each term. */
+        const double lane_u = t == BN_FLOAT64 ? u : 0x1p-24;
+        CHECK(fabs(r->mean[c] - mean) <= growth * lane_u * scale, "%s mean[%lld] %.17g vs %.17g", dtype_names[t],
+              (long long)c, r->mean[c], mean);
+        CHECK(fabs(r->var[c] - var) <= growth * lane_u * (var + scale * 1e-3), "%s var[%lld] %.17g vs %.17g",
+              dtype_names[t], (long long)c, r->var[c], var);
+        double sdy = 0, sdyx = 0;
+        for (int64_t n = 0; n < d.n; n++)
+            for (int64_t s = 0; s < d.s; s++) {
+                const int64_t i = at(d, n, c, s);
+                const double xhat = (get(t, x, i) - mean) * invstd, z = xhat * g + b;
+                const double y = relu && z < 0 ? 0 : z;
+                /* the mean's rounding, relative to scale, is amplified by invstd */
+                CHECK(fabs(get(t, r->y, i) - y) <= 8 * u * fmax(1, fabs(y)) + growth * lane_u * scale * invstd * fabs(g),
+                      "%s y[%lld] %.17g vs %.17g", dtype_names[t], (long long)i, get(t, r->y, i), y);
+                const double g_dy = relu && z <= 0 ? 0 : get(t, dy, i);
+                sdy += g_dy, sdyx += g_dy * xhat;
+            }
+        CHECK(fabs(get(pt, r->dbeta, c) - sdy) <= 1e3 * lane_u * m, "dbeta[%lld]", (long long)c);
+        CHECK(fabs(get(pt, r->dgamma, c) - sdyx) <= 1e3 * lane_u * m, "dgamma[%lld]", (long long)c);
+        for (int64_t n = 0; n < d.n; n++)
+            for (int64_t s = 0; s < d.s; s++) {
+                const int64_t i = at(d, n, c, s);
+                const double xhat = (get(t, x, i) - mean) * invstd, z = xhat * g + b;
+                const double g_dy = relu && z <= 0 ? 0 : get(t, dy, i);
+                const double dx = g * invstd * (g_dy - sdy / m - xhat * sdyx / m);
+                /* near a ReLU kink the rounded z may fall on the other side */
+                if (relu && fabs(z) < 1e-2)
+                    continue;
+                CHECK(fabs(get(t, r->dx, i) - dx) <= 16 * u * fmax(1, fabs(dx)) + 1e3 * lane_u * fabs(g * invstd) * (1 + scale * invstd),
+                      "%s dx[%lld] %.9g vs %.9g", dtype_names[t], (long long)i, get(t, r->dx, i), dx);
+            }
+    }
+}
+
+static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
+{
+    const size_t count = (size_t)(d.n * d.c * d.s);
+    void *x = malloc(count * data_size(t)), *dy = malloc(count * data_size(t));
+    void *gamma = malloc((size_t)d.c * data_size(param_dtype(t))), *beta = malloc((size_t)d.c * data_size(param_dtype(t)));
+    for (size_t i = 0; i < count; i++) {
+        set(t, x, (int64_t)i, offset + 2 * uniform());
+        set(t, dy, (int64_t)i, uniform());
+    }
+    for (int64_t c = 0; c < d.c; c++) {
+        set(param_dtype(t), gamma, c, 1 + 0.5 * uniform());
+        set(param_dtype(t), beta, c, 0.5 * uniform());
+    }
+    const int thread_counts[] = {1, 2, 3, 8};
+    results first = alloc_results(t, d);
+    int have_first = 0;
+    for (int level = 0; level <= (int)bn_simd_best_supported(); level++)
+        for (size_t k = 0; k < sizeof thread_counts / sizeof *thread_counts; k++) {
+            bn_simd_select((bn_simd)level);
+            CHECK(bn_pool_set_threads(thread_counts[k]) == 0, "set_threads(%d)", thread_counts[k]);
+            results r = alloc_results(t, d);
+            run_kernels(t, d, x, dy, gamma, beta, relu, &r);
+            if (!have_first) {
+                check_against_reference(t, d, x, dy, gamma, beta, relu, &r);
+                free_results(&first);
+                first = r;
+                have_first = 1;
+                continue;
+            }
+            CHECK(same(&first, &r, t, d),
+                  "%s %s (%lld, %lld, %lld) relu=%d: %s with %d threads differs from baseline with 1 thread",
+                  dtype_names[t], d.channels_last ? "channels-last" : "NCHW", (long long)d.n, (long long)d.c,
+                  (long long)d.s, relu, bn_simd_name((bn_simd)level), thread_counts[k]);
+            free_results(&r);
+        }
+    free_results(&first);
+    free(x), free(dy), free(gamma), free(beta);
+}
+
+int main(void)
+{
+    /* (N, C, S): odd sizes, rows shorter and longer than a SIMD chunk, tails, one
+     * channel, and enough elements that the pool goes parallel. */
+    static const int64_t shapes[][3] = {
+        {2, 1, 1}, {3, 5, 7}, {2, 3, 33}, {1, 7, 65}, {5, 2, 1000}, {4, 19, 49}, {2, 3, 20001}, {64, 33, 37},
+    };
+    const double offsets[] = {0, 1e3};
+    int cases = 0;
+    for (int t = 0; t < BN_DTYPE_COUNT; t++) {
+        if (t == BN_FLOAT16 && !bn_float16_supported())
+            continue;
+        for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
+            for (int layout = 0; layout < 2; layout++)
+                for (int relu = 0; relu < 2; relu++) {
+                    bn_dims d = {shapes[i][0], shapes[i][1], shapes[i][2], layout};
+                    /* float16 cannot hold 1e3 + noise finely enough to be worth it */
+                    const double offset = t == BN_FLOAT16 ? 0 : offsets[(i + relu) % 2];
+                    test_case((bn_dtype)t, d, offset, relu);
+                    cases++;
+                }
+    }
+    printf("test_kernels: %d cases, %ld checks passed (SIMD levels up to %s, float16 %s)\n", cases, checks,
+           bn_simd_name(bn_simd_best_supported()), bn_float16_supported() ? "yes" : "no");
+    return 0;
+}
