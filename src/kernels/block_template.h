@@ -302,17 +302,24 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
     BN_T *out = outv;
     const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
     /* the switch outside the row loop: rows can be as short as a few elements. A
-     * NULL dy is never read (no BN_USE_DY); x + offset stands in for it. */
-    switch (terms) {
+     * NULL dy is never read (no BN_USE_DY); x + offset stands in for it. A
+     * combination missing from BN_FOR_EACH_TERMS takes the default: correct, only
+     * not specialised for its terms. */
+#define BN_ROW_LOOP(t)                                                                                  \
+    for (int64_t r = 0; r < rows; r++)                                                                  \
+        BN_NAME(output_row)(x + r * stride, dy ? dy + r * stride : x + r * stride, out + r * stride,     \
+                            width, &w, t, stream);
 #define BN_ROW_CASE(t)                                                                                  \
     case t:                                                                                             \
-        for (int64_t r = 0; r < rows; r++)                                                              \
-            BN_NAME(output_row)(x + r * stride, dy ? dy + r * stride : x + r * stride, out + r * stride, \
-                                width, &w, t, stream);                                                  \
+        BN_ROW_LOOP(t)                                                                                  \
         break;
+    switch (terms) {
         BN_FOR_EACH_TERMS(BN_ROW_CASE)
-#undef BN_ROW_CASE
+    default:
+        BN_ROW_LOOP(terms)
     }
+#undef BN_ROW_CASE
+#undef BN_ROW_LOOP
     if (stream)
         bn_stream_fence();
 }
@@ -454,6 +461,8 @@ static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64
                                const void *work, int terms)
 {
     const BN_T *x = xv, *dy = dyv ? (const BN_T *)dyv : x; /* a NULL dy is never read */
+    /* as in output: a combination missing from BN_FOR_EACH_TERMS is computed
+     * unspecialised by the default */
     switch (terms) {
 #define BN_CL_CASE(t)                                                   \
     case t:                                                             \
@@ -461,5 +470,7 @@ static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64
         break;
         BN_FOR_EACH_TERMS(BN_CL_CASE)
 #undef BN_CL_CASE
+    default:
+        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, work, terms);
     }
 }
