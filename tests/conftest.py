@@ -138,7 +138,7 @@ def rng(request):
 #
 # One term depends on how x - mean is formed.  bnorm keeps statistics in
 # float64 and must not lose them to a float32 rounding of the mean: an input
-# 1e4 + N(0, 1) must come out to ~1e-5 (design.md section 4), so for bnorm x_hat
+# 1e4 + N(0, 1) must come out to ~1e-5 relative, so for bnorm x_hat
 # is known to float64 precision relative to |x| ("bnorm" conditioning).  PyTorch
 # folds the statistics into y = x * a + b in the input dtype, so its x_hat is
 # only known to eps(dtype) * |x| * invstd ("torch" conditioning).

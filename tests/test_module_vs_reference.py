@@ -4,7 +4,7 @@ Each step (forward, backward) is compared with a ReferenceBatchNorm started
 from the module's own state, within the error model of conftest.py, which is
 derived from the dtype's epsilon and the reduction length M and does *not*
 grow with |x|: an input 1e4 + N(0, 1) in float32 must come out as accurately
-as N(0, 1) does (design.md section 4).
+as N(0, 1) does: bnorm computes the statistics in float64.
 """
 
 import dataclasses
@@ -141,7 +141,7 @@ def test_large_offset_keeps_precision(checks, dtype, offset):
 
     With momentum=1 the running variance is the unbiased batch variance, so its
     relative error is checked directly against K * eps * sqrt(M) (about 4e-5
-    for float32 here, the "~1e-5 relative" of design.md section 4); the full
+    for float32 here); the full
     step (y, dx, gradients) is then checked by check_step, whose bounds do not
     grow with the offset.
     """

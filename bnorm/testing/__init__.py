@@ -26,7 +26,7 @@ what such tests need:
     Checks a float64 module's backward against central finite differences
     of its forward, leaving its running statistics untouched.
 
-Example (see the README section "Testing your own batch norm with bnorm")::
+Example (the full one is in docs/testing.rst, "Testing your own batch norm with bnorm")::
 
     from hypothesis import given
     from bnorm.testing import assert_batch_norm_close, reference, strategies as bst

@@ -1,7 +1,8 @@
 """Float64 NumPy reference implementation of batch normalization.
 
 This module is the test oracle for bnorm.  It is written straight from the
-formulas of design.md section 1 (PyTorch semantics), favouring readability
+formulas of Ioffe & Szegedy (2015, arXiv:1502.03167), Algorithms 1 and 2,
+as torch.nn.BatchNorm2d's documentation specifies them, favouring readability
 over speed: every quantity is computed in float64 with plain NumPy
 reductions, so its own rounding error (about 1e-16 relative, growing like
 log2 of the reduction length because NumPy sums pairwise) is far below

@@ -1,10 +1,14 @@
-"""The example of the README section "Testing your own batch norm with bnorm", verbatim.
+"""The example of docs/testing.rst ("Testing your own batch norm with bnorm"), verbatim.
 
-Keep this file and the README in sync: the code between the markers below is
-what the README shows.
+The code between the markers below is what that page shows (its first testcode
+block); test_example_matches_the_docs fails when the two drift apart. The docs'
+doctest build (.ci/docs) runs the page's copy too; this file runs it under pytest.
 """
 
-# --- README example begins ---
+import pathlib
+import textwrap
+
+# --- docs example begins ---
 import numpy as np
 from hypothesis import given, settings
 
@@ -87,4 +91,18 @@ def test_my_backward_matches_finite_differences(p):
     layer.gamma[...] = p.weight
     layer.beta[...] = p.bias
     gradcheck(layer, p.x)      # raises AssertionError naming the gradient and channel
-# --- README example ends ---
+# --- docs example ends ---
+
+
+def test_example_matches_the_docs():
+    here = pathlib.Path(__file__)
+    ours = here.read_text().split("# --- docs example begins ---\n")[1].split("# --- docs example ends ---")[0]
+    page = (here.parent.parent / "docs" / "testing.rst").read_text()
+    block = page.split(".. testcode::\n\n", 1)[1]
+    # The block ends at the first non-blank line that is not indented.
+    lines = []
+    for line in block.splitlines(keepends=True):
+        if line.strip() and not line.startswith("   "):
+            break
+        lines.append(line)
+    assert textwrap.dedent("".join(lines)).strip() == ours.strip()
