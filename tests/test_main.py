@@ -38,7 +38,9 @@ def test_import_without_the_extension_says_why_and_what_to_run(tmp_path):
     package = pathlib.Path(bnorm.__file__).resolve().parent
     shutil.copytree(package, tmp_path / "bnorm",
                     ignore=shutil.ignore_patterns("_core*.so", "_core*.pyd", "__pycache__"))
-    result = subprocess.run([sys.executable, "-c", "import bnorm"], capture_output=True, text=True,
+    # -S: no site-packages, so no editable install's import hook, which would find the
+    # real checkout before the copy; the ImportError comes before anything needs numpy.
+    result = subprocess.run([sys.executable, "-S", "-c", "import bnorm"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode != 0
     err = result.stderr
