@@ -151,13 +151,11 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def summary(records: list[dict], bnorm_available: bool) -> tuple[str, dict]:
+def summary(records: list[dict]) -> tuple[str, dict]:
     """Per target group (dtype and layout) and op: medians over its ResNet-50 shapes vs the targets."""
     lines, out = [], {}
     lines.append("Summary: per group, the median over its ResNet-50 shapes; bnorm = "
                  f"'{BNORM_OUT}', torch = the faster torch variant, copy ratio traffic-normalised.")
-    if not bnorm_available:
-        lines.append("bnorm not available: targets not evaluated.")
     for group in dict.fromkeys(r["group"] for r in records if r["group"]):
         n_shapes = len({r["case"] for r in records if r["group"] == group})
         lines.append(f"{group} ({n_shapes} shapes):")

@@ -1,7 +1,12 @@
 """Benchmark bnorm against PyTorch's CPU kernels, plain NumPy and a memory copy.
 
-    cd /work/main && /work/venv/bin/python benchmarks/compare.py [--quick] [--threads N]
+    python benchmarks/compare.py [--quick] [--threads N]
         [--cases resnet-256,small,...] [--repeat R] [--json PATH] [--png PATH]
+
+run from the repository root after `pip install -e ".[test]"` (bnorm, torch and
+matplotlib). It refuses to run without bnorm, and writes only the raw results
+(benchmarks/results.json, not tracked) unless --png asks for the chart; the
+README's chart is `--png benchmarks/results.png`.
 
 For every case (shape, dtype) and operation (training forward, eval forward,
 backward after a training forward) all implementations are timed in one
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import platform
 import sys
@@ -22,9 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# `python benchmarks/compare.py` puts benchmarks/ (the helpers) on sys.path but
-# not the repository root, where bnorm is built in place.
-sys.path.insert(1, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -41,14 +44,11 @@ def log(msg: str) -> None:
 
 
 def import_bnorm():
-    """bnorm, or None and the reason, so that the other rows still run."""
+    """bnorm, or None and the reason it cannot be imported: a report without bnorm is refused."""
     try:
         import bnorm
-    except Exception as e:  # noqa: BLE001 - any import failure means "skip bnorm"
+    except Exception as e:  # noqa: BLE001 - any import failure is reported to the user
         return None, f"import bnorm failed: {type(e).__name__}: {e}"
-    # Before the extension is built, bnorm/ may import as a bare namespace package.
-    if not hasattr(bnorm, "BatchNorm2d"):
-        return None, f"bnorm at {list(getattr(bnorm, '__path__', []))} has no BatchNorm2d (extension not built?)"
     return bnorm, None
 
 
@@ -90,7 +90,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for bnorm, torch and the copy (default 2; NumPy is single-threaded)")
     ap.add_argument("--json", type=Path, default=HERE / "results.json", help="raw results (default %(default)s)")
-    ap.add_argument("--png", type=Path, default=HERE / "results.png", help="chart, if matplotlib is installed")
+    ap.add_argument("--png", type=Path, help="also write the chart there (needs matplotlib); the README's "
+                    "chart is benchmarks/results.png (default: no chart)")
     args = ap.parse_args(argv)
     if args.repeat is None:
         args.repeat = 3 if args.quick else 11
@@ -157,19 +158,18 @@ def run_case(spec, bnorm, args) -> list[dict]:
     # once (one step from the same state as torch) and treat a mismatch like
     # a wrong output.
     train_wrong = {}
-    if bnorm is not None:
-        try:
-            builders.insert(0, _impls.bnorm_impls(bnorm, p))
-            err = _impls.bnorm_running_stats_error(bnorm, p)
-        except Exception as e:  # noqa: BLE001 - an API mismatch skips bnorm, not the run
-            log(f"    ! bnorm failed on this case, skipped: {type(e).__name__}: {e}")
-            builders = builders[-2:]
-            err = 0.0
-        if err > TOLERANCE[spec.dtype]:
-            log(f"    ! bnorm running statistics differ from torch: max relative error {err:.3g}; "
-                "training forward not timed")
-            reason = f"wrong running statistics: max relative error {err:.3g}"
-            train_wrong = {_impls.BNORM_OUT: reason, _impls.BNORM_ALLOC: reason}
+    try:
+        builders.insert(0, _impls.bnorm_impls(bnorm, p))
+        err = _impls.bnorm_running_stats_error(bnorm, p)
+    except Exception as e:  # noqa: BLE001 - an API mismatch skips bnorm, not the run
+        log(f"    ! bnorm failed on this case, skipped: {type(e).__name__}: {e}")
+        builders = builders[-2:]
+        err = 0.0
+    if err > TOLERANCE[spec.dtype]:
+        log(f"    ! bnorm running statistics differ from torch: max relative error {err:.3g}; "
+            "training forward not timed")
+        reason = f"wrong running statistics: max relative error {err:.3g}"
+        train_wrong = {_impls.BNORM_OUT: reason, _impls.BNORM_ALLOC: reason}
     for built in builders:
         for op, impls in built.items():
             groups[op] += impls
@@ -205,14 +205,20 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"compare.py: {e}", file=sys.stderr)
         return 2
+    bnorm, bnorm_missing = import_bnorm()
+    if bnorm is None:
+        print(f"compare.py: no report without bnorm: {bnorm_missing}\n"
+              "Install it first: `pip install -e .` in the repository root.", file=sys.stderr)
+        return 2
+    if args.png is not None and importlib.util.find_spec("matplotlib") is None:
+        print("compare.py: --png needs matplotlib (pip install matplotlib)", file=sys.stderr)
+        return 2
     t_start = time.perf_counter()
     stall_start = cpu_stall_us()
 
-    bnorm, bnorm_missing = import_bnorm()
     torch.set_num_threads(args.threads)
-    if bnorm is not None:
-        bnorm.set_num_threads(args.threads)
-    simd = bnorm.simd_path() if bnorm is not None and hasattr(bnorm, "simd_path") else None
+    bnorm.set_num_threads(args.threads)
+    simd = bnorm.simd_path()
 
     meta = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -222,14 +228,13 @@ def main(argv=None) -> int:
         "platform": platform.platform(),
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
-        "bnorm_threads": bnorm.get_num_threads() if bnorm is not None and hasattr(bnorm, "get_num_threads") else None,
+        "bnorm_threads": bnorm.get_num_threads(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
-        "bnorm": getattr(bnorm, "__version__", None) if bnorm is not None else None,
+        "bnorm": bnorm.__version__,
         "bnorm_simd_path": simd,
-        "bnorm_missing_reason": bnorm_missing,
-        "bnorm_file": getattr(bnorm, "__file__", None) if bnorm is not None else None,
+        "bnorm_file": bnorm.__file__,
         "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick,
         "copy_methods": _impls.COPY_METHODS,
         "copy_note": "the report's copy is the faster of the two per row",
@@ -244,9 +249,7 @@ def main(argv=None) -> int:
 
     log(f"CPU: {meta['cpu_model']} ({meta['cpus_available']} CPUs available), {args.threads} threads")
     log(f"python {meta['python']}, numpy {meta['numpy']}, torch {meta['torch']}, "
-        + (f"bnorm {meta['bnorm']} (SIMD path {simd})" if bnorm is not None else "bnorm: SKIPPED"))
-    if bnorm is None:
-        log(f"bnorm rows skipped: {bnorm_missing}")
+        + f"bnorm {meta['bnorm']} (SIMD path {simd}) from {meta['bnorm_file']}")
 
     records = []
     for k, spec in enumerate(specs, 1):
@@ -254,7 +257,7 @@ def main(argv=None) -> int:
         records += run_case(spec, bnorm, args)
         gc.collect()  # release this case's buffers (up to ~2 GB) before the next
 
-    summary_text, targets = _report.summary(records, bnorm is not None)
+    summary_text, targets = _report.summary(records)
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     stall_end = cpu_stall_us()
     contention = None
@@ -265,7 +268,7 @@ def main(argv=None) -> int:
 
     print(f"## bnorm benchmark — {meta['cpu_model']}, {args.threads} threads, median of {args.repeat}\n")
     print(f"python {meta['python']}, numpy {meta['numpy']}, torch {meta['torch']}, "
-          + (f"bnorm {meta['bnorm']} (SIMD {simd})" if bnorm is not None else f"bnorm SKIPPED ({bnorm_missing})"))
+          + f"bnorm {meta['bnorm']} (SIMD {simd})")
     print()
     if contention is not None and contention > CONTENTION_LIMIT:
         print(f"**WARNING: other processes competed for the CPUs during {contention:.0%} of the run "
@@ -292,10 +295,9 @@ def main(argv=None) -> int:
 
     _report.write_json(args.json, meta, records, targets)
     print(f"\nraw results: {args.json}")
-    if _report.save_png(args.png, records, meta):
+    if args.png is not None:
+        _report.save_png(args.png, records, meta)
         print(f"chart: {args.png}")
-    else:
-        print("chart skipped: matplotlib not installed (pip install matplotlib)")
     print(f"elapsed: {meta['elapsed_s']} s")
     return 0
 

@@ -113,6 +113,8 @@ def check_output(y, tile, mean, var, eps, dtype, what):
         assert abs(got - want) <= tol * (1 + abs(want)), f"{what}: element {i} is {got}, expected {want}"
 
 
+# huge: ~17 GB of RAM, so not in the default run (pyproject's addopts); CI runs it with -m huge.
+@pytest.mark.huge
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [np.float16, np.float32], ids=lambda d: np.dtype(d).name)
 def test_more_than_2_31_elements(dtype):
