@@ -1,6 +1,7 @@
 """Tools for testing batch-norm implementations, with bnorm as the oracle.
 
-bnorm computes batch normalization with PyTorch's exact semantics, fast and
+bnorm computes batch normalization with PyTorch's exact semantics, with
+statistics in double precision (bounds in docs/numerics.md), and
 deterministically (bit-identical for every thread count), so it can serve as
 the oracle in property-based tests of your own kernels.  This package holds
 what such tests need:

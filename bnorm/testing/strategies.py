@@ -28,7 +28,8 @@ What is generated
   options, training flag, a state (gamma, beta, running statistics,
   num_batches_tracked) and an upstream gradient ``dy``.  In training mode
   (and whenever batch statistics are used) every channel has more than one
-  value, as PyTorch requires.
+  value, as PyTorch requires.  ``dtypes=ALL_DTYPES`` adds float16 problems
+  (the default, FLOAT_DTYPES, is float32 and float64).
 
 Hypothesis is a test dependency of bnorm, not a runtime one: importing this
 module without it raises ImportError with instructions.
@@ -58,9 +59,15 @@ __all__ = [
     "batch_norm_inputs",
     "problems",
     "FLOAT_DTYPES",
+    "ALL_DTYPES",
 ]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Every dtype bnorm's modules take (float16 on every build: F16C or a software conversion).
+ALL_DTYPES = (np.dtype(np.float16),) + FLOAT_DTYPES
+#: float16 channels whose values exceed this are scaled down by a power of two (which keeps
+#: ties, constants and ratios exact), so that they and their squares' sums stay finite.
+_FLOAT16_MAX_ABS = 2.0 ** 14
 
 #: Channel recipes of batch_norm_inputs, simplest first (Hypothesis shrinks towards it).
 CHANNEL_KINDS = ("normal", "uniform", "integers", "constant", "two_values", "sparse", "mixture")
@@ -70,8 +77,8 @@ _OFFSETS = (0.0, 1.0, -1.0, 3.0, -0.5, 100.0, -100.0, 1e4, -1e4)
 
 def _check_dtype(dtype):
     dt = np.dtype(dtype)
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    if dt not in ALL_DTYPES:
+        raise TypeError(f"dtype: expected float16, float32 or float64, got {dt}")
     return dt
 
 
@@ -220,6 +227,8 @@ def _inputs(draw, shape, dtype, allow_nan, allow_infinity, max_offset, kinds):
         kind, scale, offset = shared if shared else (
             draw(st.sampled_from(kinds)), draw(st.sampled_from(_SCALES)), draw(st.sampled_from(offsets)))
         channels[c] = _channel_values(draw, kind, M, rng, scale, offset * scale, dtype)
+        if dtype == np.float16 and M and np.max(np.abs(channels[c])) > _FLOAT16_MAX_ABS:
+            channels[c] *= 2.0 ** -math.ceil(math.log2(np.max(np.abs(channels[c])) / _FLOAT16_MAX_ABS))
     # (C, N, *spatial) -> (N, C, *spatial)
     x = np.moveaxis(channels.reshape((C, N) + tuple(shape[2:])), 0, 1)
     x = np.ascontiguousarray(x).astype(dtype)
@@ -241,7 +250,8 @@ def batch_norm_inputs(shape, dtype=np.float32, *, allow_nan: bool = False,
     input only; use ``problems`` to know the shape).  Channels follow the
     recipes in ``kinds`` (see CHANNEL_KINDS) with a scale in 1e-3..1e3 and an
     offset of up to ``max_offset`` times the scale, so values are always
-    finite in float32.  NaN (``allow_nan``) and +-inf (``allow_infinity``)
+    finite in float32; float16 channels beyond 2**14 in magnitude are scaled
+    down by a power of two.  NaN (``allow_nan``) and +-inf (``allow_infinity``)
     are put at a few random positions only when allowed.
     """
     dt = _check_dtype(dtype)
@@ -271,7 +281,8 @@ class Problem:
     (eps, momentum, affine, track_running_stats); training: the mode to run
     in; state: a state_dict (PyTorch keys: weight, bias, running_mean,
     running_var, num_batches_tracked, as the options call for) to load
-    before running; dy: an upstream gradient of x's shape and dtype.
+    before running (float32 arrays for a float16 problem, as a float16 module
+    keeps them); dy: an upstream gradient of x's shape and dtype.
     """
 
     x: np.ndarray
@@ -361,6 +372,8 @@ class Problem:
 def _state_strategy(draw, x, dtype, options, rng):
     C = x.shape[1]
     state = {}
+    # float16 modules keep their parameters and running statistics in float32
+    dtype = np.float32 if dtype == np.float16 else dtype
     if options["affine"]:
         kind = draw(st.sampled_from(["default", "random", "signed", "zeros_and_negative"]))
         if kind == "default":
@@ -425,7 +438,9 @@ def problems(dims: Union[int, Sequence[int]] = 2, dtypes=FLOAT_DTYPES, training:
     """Complete batch-norm problems, as ``Problem`` instances.
 
     dims: spatial dimensions (or a sequence to draw from), see
-    batch_norm_shapes; dtypes: the dtypes to draw from; training: True,
+    batch_norm_shapes; dtypes: the dtypes to draw from (FLOAT_DTYPES by
+    default; ALL_DTYPES adds float16, whose results
+    ``assert_batch_norm_close(..., np.float16, ...)`` checks); training: True,
     False or None (draw both).  Whenever the problem normalises with batch
     statistics (training, or track_running_stats=False) every channel has
     at least 2 values.  ``options`` overrides module_options() (e.g.

@@ -61,13 +61,13 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     return bn_combine_lanes(acc);
 }
 
-static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, BN_WORK shift, double acc_d[BN_LANES],
+static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, double shift, double acc_d[BN_LANES],
                                                double acc_d2[BN_LANES])
 {
     BN_WIDE_CHUNK(v, x);
     double d[BN_LANES];
     for (int j = 0; j < BN_LANES; j++)
-        d[j] = j >= skip ? (double)(v[j] - shift) : 0.0;
+        d[j] = j >= skip ? (double)v[j] - shift : 0.0;
     for (int j = 0; j < BN_LANES; j++)
         acc_d[j] += d[j];
     for (int j = 0; j < BN_LANES; j++)
@@ -76,16 +76,18 @@ static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, BN_W
 
 /* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
  * block's mean as the shift these are the centred sums of a two-pass variance. For
- * float32 and float16 data, in one pass: d is formed in float (exact for x within a
- * factor 2 of the shift, a value of the block) and accumulated in double, where d^2
- * is exact. With a value of the block as the shift, the sum of squares exceeds the
- * centred one at most (n + 1)-fold, so forming the variance from them loses at most
- * log2(n + 1) of double's 53 bits. */
+ * float32 and float16 data, in one pass with a value of the block as the shift: d is
+ * formed in double, where the difference of two float16 values is always exact and
+ * that of two float32 values is exact unless they lie more than 2^29 apart in
+ * magnitude (forming it in float would round it whenever x is not within a factor 2
+ * of the shift; it costs no more instructions). With a value of the block as the
+ * shift, the sum of squares exceeds the centred one at most n-fold; docs/numerics.md
+ * derives the resulting error bounds. */
 static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
                                   double *sum_d, double *sum_d2)
 {
     const BN_T *x = xv;
-    const BN_WORK k = (BN_WORK)shift;
+    const double k = shift;
     double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
@@ -96,7 +98,7 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
             BN_NAME(shifted_sums_chunk)(row + width - BN_LANES, BN_LANES - (width - i), k, acc_d, acc_d2);
         else
             for (int j = 0; i + j < width; j++) {
-                const double d = (double)(BN_WIDEN1(row + i + j) - k);
+                const double d = (double)BN_WIDEN1(row + i + j) - k;
                 acc_d[j] += d;
                 acc_d2[j] += d * d;
             }
@@ -382,13 +384,13 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
         for (; c + BN_LANES <= channels; c += BN_LANES) {
             BN_WIDE_CHUNK(v, row + c);
             for (int j = 0; j < BN_LANES; j++) {
-                const double d = (double)(v[j] - (BN_WORK)shift[c + j]);
+                const double d = (double)v[j] - shift[c + j];
                 sum_d[c + j] += d;
                 sum_d2[c + j] += d * d;
             }
         }
         for (; c < channels; c++) {
-            const double d = (double)(BN_WIDEN1(row + c) - (BN_WORK)shift[c]);
+            const double d = (double)BN_WIDEN1(row + c) - shift[c];
             sum_d[c] += d;
             sum_d2[c] += d * d;
         }

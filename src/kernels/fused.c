@@ -356,8 +356,8 @@ static void store_moments(double *p, double count, double shift, double sum_d, d
 }
 
 /* float64 data: two passes, the mean and then the centred sums. float32 and
- * float16 data: one pass of sums shifted by a value of the block, exact enough in
- * double for them (see shifted_sums) and half the arithmetic; a non-finite first
+ * float16 data: one pass of sums shifted by a value of the block, formed in double
+ * (see shifted_sums) and half the arithmetic; a non-finite first
  * value would make every deviation NaN, so the shift is then 0. */
 static void gather_moments(bn_job *job, int64_t c, int64_t b)
 {
