@@ -178,3 +178,28 @@ def test_functional_eval_without_running_stats_raises_torchs_error(missing):
         F.batch_norm(x, stats["running_mean"], stats["running_var"], training=False)
     if missing == "running_mean":  # the one torch checks first
         assert str(info.value) == str(torch_info.value)
+
+
+# ---- messages that say how to fix the call ----
+
+def test_torch_tensor_input_says_numpy():
+    with pytest.raises(TypeError, match=r"torch\.Tensor.*x\.numpy\(\)"):
+        bnorm.BatchNorm2d(3)(torch.ones(2, 3, 4, 4))
+    with pytest.raises(TypeError, match=r"torch\.Tensor.*x\.numpy\(\)"):
+        F.batch_norm(torch.ones(2, 3), training=True)
+
+
+def test_channels_last_array_without_transpose_says_moveaxis():
+    x = np.ones((2, 4, 5, 3), np.float32)  # (N, H, W, C)
+    with pytest.raises(ValueError, match=r"expected 3 channels \(axis 1\), got 4; the last axis has 3.*moveaxis"):
+        bnorm.BatchNorm2d(3)(x)
+    y = bnorm.BatchNorm2d(3)(np.moveaxis(x, -1, 1))  # the advice works
+    assert y.shape == (2, 3, 4, 5)
+    with pytest.raises(ValueError) as info:
+        bnorm.BatchNorm2d(3)(np.ones((2, 4, 5, 6), np.float32))
+    assert "moveaxis" not in str(info.value)  # no such hint when the last axis does not fit either
+
+
+def test_torch_dtype_names_the_argument():
+    with pytest.raises(TypeError, match=r"dtype must be a NumPy dtype.*torch\.float32"):
+        bnorm.BatchNorm2d(3, dtype=torch.float32)

@@ -33,10 +33,20 @@ int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
     return -1;
 }
 
+/* Duck-typed so that torch is never imported: a tensor has detach() and numpy(). */
+static int is_torch_tensor(PyObject *obj)
+{
+    return PyObject_HasAttrString(obj, "detach") && PyObject_HasAttrString(obj, "numpy");
+}
+
 PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
 {
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        if (is_torch_tensor(obj))
+            PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got a torch.Tensor; pass %s.numpy() "
+                         "(x.detach().cpu().numpy() for a tensor that needs grad or lives on a GPU)", name, name);
+        else
+            PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *arr = (PyArrayObject *)obj;
@@ -128,8 +138,16 @@ int bn_check_layout(PyArrayObject *x, int min_ndim, int max_ndim, npy_intp chann
         return -1;
     }
     if (channels >= 0 && PyArray_DIM(x, 1) != channels) {
-        PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd", (Py_ssize_t)channels,
-                     (Py_ssize_t)PyArray_DIM(x, 1));
+        /* an (N, *spatial, C) array passed as is: bnorm reads channels-last memory
+           natively, but the array must be indexed (N, C, *spatial) */
+        if (ndim >= 3 && PyArray_DIM(x, ndim - 1) == channels)
+            PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd; the last axis has %zd: for "
+                         "a channels-last (N, *spatial, C) array pass np.moveaxis(x, -1, 1), a view bnorm reads "
+                         "without a copy", (Py_ssize_t)channels, (Py_ssize_t)PyArray_DIM(x, 1),
+                         (Py_ssize_t)channels);
+        else
+            PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd", (Py_ssize_t)channels,
+                         (Py_ssize_t)PyArray_DIM(x, 1));
         return -1;
     }
     return 0;

@@ -86,6 +86,17 @@ static int num_features_converter(PyObject *obj, void *result)
     return 1;
 }
 
+/* PyArray_DescrConverter2, with a message that names the argument (its own says
+ * only "Cannot interpret 'torch.float32' as a data type"). */
+static int dtype_converter(PyObject *obj, void *descr)
+{
+    if (PyArray_DescrConverter2(obj, descr))
+        return 1;
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "dtype must be a NumPy dtype: np.float32, np.float64 or np.float16, got %R", obj);
+    return 0;
+}
+
 static PyArrayObject *filled_vector(int typenum, npy_intp length, double value)
 {
     PyArrayObject *arr = (PyArrayObject *)PyArray_EMPTY(1, &length, typenum, 0);
@@ -115,7 +126,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     snprintf(format, sizeof format, "O&|O&O&ppO&O&$p:%.60s", type->tp_name);
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, kwlist, num_features_converter, &num_features,
                                      bn_eps_converter, &eps, bn_momentum_converter, &momentum, &affine, &track,
-                                     PyArray_DescrConverter2, &descr, bn_activation_converter, &relu, &bias))
+                                     dtype_converter, &descr, bn_activation_converter, &relu, &bias))
         return NULL;
     BatchNormObject *self = NULL;
     if (num_features <= 0) {
