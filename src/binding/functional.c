@@ -194,8 +194,9 @@ PyMethodDef bn_functional_methods[] = {
      "batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1, "
      "eps=1e-05, out=None, *, activation=None)\n--\n\n"
      "Batch normalisation of x (N, C, *spatial) over all axes but 1; returns (y, save_mean, save_invstd).\n\n"
-     "Uses the batch's statistics when training=True or when no running statistics are given, else the\n"
-     "running ones. When training with running statistics, updates them in place (momentum is the weight of\n"
+     "training=True uses the batch's statistics; training=False uses running_mean and running_var, which it\n"
+     "then requires (RuntimeError without them, as in torch). When training with running statistics, updates\n"
+     "them in place, strided ones too (momentum, any finite float, is the weight of\n"
      "the new batch; the variance stored is unbiased). save_mean and save_invstd are float64 arrays of\n"
      "shape (C,), the statistics actually used, for batch_norm_backward. activation='relu' applies\n"
      "max(0, .) to the output in the same pass."},
