@@ -27,6 +27,11 @@ def _as_numpy(value: Any, key: str) -> np.ndarray:
     return array
 
 
+def _rebuild(cls: type, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Constructor call for pickle, which passes positional arguments only."""
+    return cls(*args, **kwargs)
+
+
 class _BatchNormBase(_core._BatchNorm):
     __slots__ = ()
 
@@ -43,6 +48,8 @@ class _BatchNormBase(_core._BatchNorm):
     def _state_keys(self) -> dict[str, str]:
         """PyTorch's state_dict key -> attribute, for the tensors this module has."""
         keys = dict(_PARAMETERS) if self.affine else {}
+        if self.beta is None:  # affine=False, or torch's bias=False: a scale without a shift
+            keys.pop("bias", None)
         if self.track_running_stats:
             keys.update(_BUFFERS)
         return keys
@@ -104,6 +111,10 @@ class _BatchNormBase(_core._BatchNorm):
         return (self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats, self.dtype,
                 self.activation)
 
+    def _init_kwargs(self) -> dict[str, Any]:
+        # bias is keyword-only, as in torch; only affine modules without beta were built with bias=False
+        return {"bias": not self.affine or self.beta is not None}
+
     def __getstate__(self) -> dict[str, Any]:
         state: dict[str, Any] = {"training": self.training, "num_batches_tracked": self.num_batches_tracked}
         for attr in ("gamma", "beta", "running_mean", "running_var"):
@@ -125,17 +136,17 @@ class _BatchNormBase(_core._BatchNorm):
             self.__dict__.update(state["__dict__"])
 
     def __reduce__(self):
-        return (type(self), self._init_args(), self.__getstate__())
+        return (_rebuild, (type(self), self._init_args(), self._init_kwargs()), self.__getstate__())
 
     def __copy__(self):
-        new = type(self)(*self._init_args())
+        new = type(self)(*self._init_args(), **self._init_kwargs())
         new.__setstate__(self.__getstate__())
         return new
 
     def __deepcopy__(self, memo):
         import copy
 
-        new = type(self)(*self._init_args())
+        new = type(self)(*self._init_args(), **self._init_kwargs())
         memo[id(self)] = new
         state = self.__getstate__()
         if "__dict__" in state:

@@ -56,8 +56,9 @@ DTYPES = ["float32", "float64", "float16", ">f4", ">f8", "longdouble", "int8", "
 LAYOUTS = ["c", "c", "c", "f", "channels_last", "strided", "reversed", "transposed", "broadcast", "broadcast_writeable",
            "readonly", "unaligned", "byteswapped", "masked", "subclass", "view", "list", "nested_list", "zero_d_item"]
 FILLS = ["normal", "normal", "normal", "offset", "zeros", "constant", "nan_one", "inf_one", "huge", "tiny", "ints"]
-MODULE_ATTRS = ["gamma", "beta", "running_mean", "running_var", "num_batches_tracked", "training"]
-READONLY_ATTRS = ["num_features", "eps", "momentum", "affine", "track_running_stats", "dtype", "activation", "grad_gamma",
+MODULE_ATTRS = ["gamma", "beta", "weight", "bias", "running_mean", "running_var", "num_batches_tracked", "training",
+                "eps", "momentum"]
+READONLY_ATTRS = ["num_features", "affine", "track_running_stats", "dtype", "activation", "grad_gamma",
                   "grad_beta", "not_an_attribute", "forward", "__class__"]
 MUTATIONS = ["fill_nan", "fill_inf", "fill_zero", "fill_big", "resize_smaller", "resize_larger", "resize_empty",
              "reshape_2d", "readonly", "writeable"]
@@ -299,8 +300,10 @@ class Program:
             assert type(m.num_batches_tracked) is int and m.num_batches_tracked >= 0, \
                 f"num_batches_tracked {m.num_batches_tracked!r}"
             assert isinstance(m.eps, float) and m.eps > 0 and math.isfinite(m.eps), f"eps {m.eps!r}"
-            assert m.momentum is None or (isinstance(m.momentum, float) and 0 <= m.momentum <= 1)
-            for attr, present in (("gamma", m.affine), ("beta", m.affine), ("running_mean", m.track_running_stats),
+            assert m.momentum is None or (isinstance(m.momentum, float) and math.isfinite(m.momentum))
+            assert m.weight is m.gamma is None or np.shares_memory(m.weight, m.gamma), "weight is gamma"
+            assert m.bias is m.beta is None or np.shares_memory(m.bias, m.beta), "bias is beta"
+            for attr, present in (("gamma", m.affine), ("beta", m.affine and m.beta is not None), ("running_mean", m.track_running_stats),
                                   ("running_var", m.track_running_stats)):
                 v = getattr(m, attr)
                 if not present:
@@ -881,7 +884,7 @@ class Program:
     def check_assigned(self, op, m, attr, value, old):
         np = self.np
         now = getattr(m, attr)
-        if attr in ("gamma", "beta", "running_mean", "running_var"):
+        if attr in ("gamma", "beta", "weight", "bias", "running_mean", "running_var"):
             if not (isinstance(now, np.ndarray) and isinstance(old, np.ndarray) and np.shares_memory(now, old)):
                 self.problem(op, f"assigning {attr} replaced the array instead of copying into it")
             if id(m) not in self.mutated_modules and not np.array_equal(now, value, equal_nan=True):
@@ -892,6 +895,12 @@ class Program:
         elif attr == "training":
             if now is not bool(value):
                 self.problem(op, f"training is {now!r} after assigning {value!r}")
+        elif attr == "eps":
+            if not (now == float(value) and now > 0 and math.isfinite(now)):
+                self.problem(op, f"eps is {now!r} after assigning {value!r}")
+        elif attr == "momentum":
+            if now != (None if value is None else float(value)):
+                self.problem(op, f"momentum is {now!r} after assigning {value!r}")
         elif attr == "num_batches_tracked":
             if now != int(value):
                 self.problem(op, f"num_batches_tracked is {now!r} after assigning {value!r}")
@@ -1441,7 +1450,7 @@ def module_ops(cls, channels, dtype, n_modules=2, mutations=False):
                       st.tuples(st.just("state_dict"), st.integers(0, 2), edits), literals),
             st.one_of(st.just({}), st.builds(lambda v: {"strict": v}, literals))),
         "setattr": st.one_of(*[st.tuples(st.just("setattr"), m, st.just(attr), setattr_values[
-            "array" if attr in ("gamma", "beta", "running_mean", "running_var") else
+            "array" if attr in ("gamma", "beta", "weight", "bias", "running_mean", "running_var") else
             attr if attr == "num_batches_tracked" else "other"]) for attr in MODULE_ATTRS * 2 + READONLY_ATTRS]),
         "delattr": st.tuples(st.just("delattr"), m, st.sampled_from(MODULE_ATTRS + READONLY_ATTRS)),
         "getattr": st.tuples(st.just("getattr"), m, st.sampled_from(MODULE_ATTRS + READONLY_ATTRS)),

@@ -126,7 +126,7 @@ def failing_calls():
     def call():
         for fn in (lambda: bn(x.astype(np.float64)), lambda: bn(x[:, :4]), lambda: bn([1.0]),
                    lambda: bn.backward(dy[:1]), lambda: bn.backward(dy, out=bad_out),
-                   lambda: bn(x, out=bad_out), lambda: F.batch_norm(x, rm, None),
+                   lambda: bn(x, out=bad_out), lambda: F.batch_norm(x, rm, None, training=True),
                    lambda: F.batch_norm_backward(dy, x, np.zeros(SHAPE[1]), [1.0])):
             try:
                 fn()

@@ -266,6 +266,11 @@ def test_functional_matches_reference(checks, problem, with_running, with_weight
     batch = training or not with_running
     M = x.size // C
 
+    if not training and not with_running:  # as torch: eval mode needs the running statistics
+        with pytest.raises(RuntimeError, match="running_mean must be defined in evaluation mode"):
+            F.batch_norm(x, rm, rv, weight, bias, training=training, momentum=momentum, eps=eps)
+        return
+
     if batch and M == 1:
         with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
             F.batch_norm(x, rm, rv, weight, bias, training=training, momentum=momentum, eps=eps)

@@ -1,5 +1,7 @@
 /* Conversions and checks of NumPy arguments, shared by the module type and the
  * functional layer, so that both word their errors the same way. */
+#include <math.h>
+
 #include "binding.h"
 
 static PyObject *shape_tuple(PyArrayObject *x)
@@ -31,10 +33,20 @@ int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
     return -1;
 }
 
+/* Duck-typed so that torch is never imported: a tensor has detach() and numpy(). */
+static int is_torch_tensor(PyObject *obj)
+{
+    return PyObject_HasAttrString(obj, "detach") && PyObject_HasAttrString(obj, "numpy");
+}
+
 PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
 {
     if (!PyArray_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
+        if (is_torch_tensor(obj))
+            PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got a torch.Tensor; pass %s.numpy() "
+                         "(x.detach().cpu().numpy() for a tensor that needs grad or lives on a GPU)", name, name);
+        else
+            PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray, got %s", name, Py_TYPE(obj)->tp_name);
         return NULL;
     }
     PyArrayObject *arr = (PyArrayObject *)obj;
@@ -126,8 +138,16 @@ int bn_check_layout(PyArrayObject *x, int min_ndim, int max_ndim, npy_intp chann
         return -1;
     }
     if (channels >= 0 && PyArray_DIM(x, 1) != channels) {
-        PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd", (Py_ssize_t)channels,
-                     (Py_ssize_t)PyArray_DIM(x, 1));
+        /* an (N, *spatial, C) array passed as is: bnorm reads channels-last memory
+           natively, but the array must be indexed (N, C, *spatial) */
+        if (ndim >= 3 && PyArray_DIM(x, ndim - 1) == channels)
+            PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd; the last axis has %zd: for "
+                         "a channels-last (N, *spatial, C) array pass np.moveaxis(x, -1, 1), a view bnorm reads "
+                         "without a copy", (Py_ssize_t)channels, (Py_ssize_t)PyArray_DIM(x, 1),
+                         (Py_ssize_t)channels);
+        else
+            PyErr_Format(PyExc_ValueError, "expected %zd channels (axis 1), got %zd", (Py_ssize_t)channels,
+                         (Py_ssize_t)PyArray_DIM(x, 1));
         return -1;
     }
     return 0;
@@ -248,17 +268,12 @@ int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *na
         return -1;
     }
     if (in_place) {
-        if (!PyArray_IS_C_CONTIGUOUS(arr) || !PyArray_ISALIGNED(arr) || !PyArray_ISNOTSWAPPED(arr)) {
-            PyErr_Format(PyExc_ValueError,
-                         "%s: is updated in place, so it must be a contiguous, aligned, native-byte-order array",
-                         name);
-            return -1;
-        }
+        /* Updated where it is, as torch does: any strides are fine, since a
+           contiguous copy is written back by PyArray_ResolveWritebackIfCopy. */
         if (PyArray_FailUnlessWriteable(arr, name) < 0)
             return -1;
-        Py_INCREF(arr);
-        *result = arr;
-        return 0;
+        *result = (PyArrayObject *)PyArray_FromArray(arr, PyArray_DescrFromType(typenum), NPY_ARRAY_INOUT_ARRAY2);
+        return *result == NULL ? -1 : 0;
     }
     *result = (PyArrayObject *)PyArray_FromArray(arr, PyArray_DescrFromType(typenum), NPY_ARRAY_IN_ARRAY);
     return *result == NULL ? -1 : 0;
@@ -276,6 +291,53 @@ int bn_activation_converter(PyObject *obj, void *relu)
     }
     PyErr_Format(PyExc_ValueError, "activation must be None or 'relu', got %R", obj);
     return 0;
+}
+
+/* A real number from a Python object, or -1 with TypeError naming `name`. */
+/* A real number from a Python object, or -1 with a TypeError that names `name`. */
+static int real_number(PyObject *obj, const char *name, double *value)
+{
+    *value = PyFloat_AsDouble(obj);
+    if (*value == -1.0 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s must be a float, got %s", name, Py_TYPE(obj)->tp_name);
+        }
+        return -1;
+    }
+    return 0;
+}
+
+int bn_eps_converter(PyObject *obj, void *eps)
+{
+    double value;
+    if (real_number(obj, "eps", &value) < 0)
+        return 0;
+    /* torch does not check eps; a negative or NaN eps only gives NaN outputs later. */
+    if (!(value > 0.0 && value < INFINITY)) {
+        PyErr_Format(PyExc_ValueError, "eps must be a positive finite float, got %R", obj);
+        return 0;
+    }
+    *(double *)eps = value;
+    return 1;
+}
+
+int bn_momentum_converter(PyObject *obj, void *momentum)
+{
+    if (obj == Py_None) {
+        *(double *)momentum = NAN;
+        return 1;
+    }
+    double value;
+    if (real_number(obj, "momentum", &value) < 0)
+        return 0;
+    /* Any finite float, as torch accepts (its own samples use -1.2); NaN stands for None. */
+    if (!isfinite(value)) {
+        PyErr_Format(PyExc_ValueError, "momentum must be a finite float or None, got %R", obj);
+        return 0;
+    }
+    *(double *)momentum = value;
+    return 1;
 }
 
 int bn_raise_status(bn_status status)

@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "binding.h"
 #include <structmember.h>
@@ -27,6 +28,7 @@ typedef struct {
     double eps;
     double momentum; /* NAN means None: cumulative moving average */
     int affine, track_running_stats, training;
+    int bias; /* affine with a shift beta (torch's bias=True); affine=False has neither */
     int relu; /* fused max(0, .) after the affine transform */
     long long num_batches_tracked;
     PyArrayObject *gamma, *beta, *running_mean, *running_var; /* NULL when absent */
@@ -70,20 +72,28 @@ static int read_ndim_range(PyTypeObject *type, int *min_ndim, int *max_ndim)
     return 0;
 }
 
-static int parse_momentum(PyObject *obj, double *momentum)
+static int num_features_converter(PyObject *obj, void *result)
 {
-    if (obj == Py_None) {
-        *momentum = NAN;
+    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "num_features must be an int (the number of channels), got %s %R",
+                     Py_TYPE(obj)->tp_name, obj);
         return 0;
     }
-    double m = PyFloat_AsDouble(obj);
-    if (m == -1.0 && PyErr_Occurred())
-        return -1;
-    if (!(m >= 0.0 && m <= 1.0)) {
-        PyErr_Format(PyExc_ValueError, "momentum must be None or in [0, 1], got %R", obj);
-        return -1;
-    }
-    *momentum = m;
+    Py_ssize_t n = PyNumber_AsSsize_t(obj, PyExc_OverflowError);
+    if (n == -1 && PyErr_Occurred())
+        return 0;
+    *(Py_ssize_t *)result = n;
+    return 1;
+}
+
+/* PyArray_DescrConverter2, with a message that names the argument (its own says
+ * only "Cannot interpret 'torch.float32' as a data type"). */
+static int dtype_converter(PyObject *obj, void *descr)
+{
+    if (PyArray_DescrConverter2(obj, descr))
+        return 1;
+    PyErr_Clear();
+    PyErr_Format(PyExc_TypeError, "dtype must be a NumPy dtype: np.float32, np.float64 or np.float16, got %R", obj);
     return 0;
 }
 
@@ -103,34 +113,26 @@ static PyArrayObject *filled_vector(int typenum, npy_intp length, double value)
 static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"num_features", "eps",  "momentum",   "affine",
-                             "track_running_stats", "dtype", "activation", NULL};
+                             "track_running_stats", "dtype", "activation", "bias", NULL};
     Py_ssize_t num_features;
-    double eps = 1e-5;
-    PyObject *momentum_obj = NULL;
-    int affine = 1, track = 1, relu = 0;
+    double eps = 1e-5, momentum = 0.1;
+    int affine = 1, track = 1, relu = 0, bias = 1;
     PyArray_Descr *descr = NULL;
     int min_ndim, max_ndim;
     if (read_ndim_range(type, &min_ndim, &max_ndim) < 0)
         return NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "n|dOppO&O&:BatchNorm", kwlist, &num_features, &eps,
-                                     &momentum_obj, &affine, &track, PyArray_DescrConverter2, &descr,
-                                     bn_activation_converter, &relu))
+    /* argument errors name the public class (BatchNorm2d), not this base type */
+    char format[96];
+    snprintf(format, sizeof format, "O&|O&O&ppO&O&$p:%.60s", type->tp_name);
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, format, kwlist, num_features_converter, &num_features,
+                                     bn_eps_converter, &eps, bn_momentum_converter, &momentum, &affine, &track,
+                                     dtype_converter, &descr, bn_activation_converter, &relu, &bias))
         return NULL;
     BatchNormObject *self = NULL;
-    double momentum = 0.1;
     if (num_features <= 0) {
         PyErr_Format(PyExc_ValueError, "num_features must be a positive integer, got %zd", num_features);
         goto fail;
     }
-    if (!(eps > 0.0) || !isfinite(eps)) {
-        PyObject *given = PyFloat_FromDouble(eps);
-        if (given != NULL)
-            PyErr_Format(PyExc_ValueError, "eps must be a positive finite number, got %R", given);
-        Py_XDECREF(given);
-        goto fail;
-    }
-    if (momentum_obj != NULL && parse_momentum(momentum_obj, &momentum) < 0)
-        goto fail;
     int typenum = descr == NULL ? NPY_FLOAT : descr->type_num;
     bn_dtype dtype;
     if (bn_dtype_from_typenum(typenum, &dtype) < 0) {
@@ -158,11 +160,12 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     self->eps = eps;
     self->momentum = momentum;
     self->affine = affine;
+    self->bias = affine && bias;
     self->track_running_stats = track;
     self->relu = relu;
     self->training = 1;
     if (affine && ((self->gamma = filled_vector(self->param_typenum, num_features, 1.0)) == NULL ||
-                   (self->beta = filled_vector(self->param_typenum, num_features, 0.0)) == NULL))
+                   (bias && (self->beta = filled_vector(self->param_typenum, num_features, 0.0)) == NULL)))
         goto fail;
     if (track && ((self->running_mean = filled_vector(self->param_typenum, num_features, 0.0)) == NULL ||
                   (self->running_var = filled_vector(self->param_typenum, num_features, 1.0)) == NULL))
@@ -323,8 +326,9 @@ static PyObject *BatchNorm_backward(BatchNormObject *self, PyObject *args, PyObj
     if (self->affine) {
         npy_intp c = self->num_features;
         dgamma = (PyArrayObject *)PyArray_EMPTY(1, &c, self->param_typenum, 0);
-        dbeta = (PyArrayObject *)PyArray_EMPTY(1, &c, self->param_typenum, 0);
-        if (dgamma == NULL || dbeta == NULL)
+        if (self->bias)
+            dbeta = (PyArrayObject *)PyArray_EMPTY(1, &c, self->param_typenum, 0);
+        if (dgamma == NULL || (self->bias && dbeta == NULL))
             goto fail;
     }
     bn_status status;
@@ -412,8 +416,10 @@ static int set_array(BatchNormObject *self, PyObject *value, void *closure)
         return -1;
     }
     if (target == NULL) {
-        PyErr_Format(PyExc_AttributeError, "cannot set %s: the module was built with %s", name,
-                     self->affine ? "track_running_stats=False" : "affine=False");
+        const char *built_with = !self->affine                    ? "affine=False"
+                                 : closure == ARRAY_SLOT(beta) ? "bias=False"
+                                                               : "track_running_stats=False";
+        PyErr_Format(PyExc_AttributeError, "cannot set %s: the module was built with %s", name, built_with);
         return -1;
     }
     PyArrayObject *source;
@@ -483,6 +489,38 @@ static PyObject *get_momentum(BatchNormObject *self, void *Py_UNUSED(closure))
     return isnan(self->momentum) ? Py_NewRef(Py_None) : PyFloat_FromDouble(self->momentum);
 }
 
+static int set_momentum(BatchNormObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    double momentum;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete momentum");
+        return -1;
+    }
+    if (!bn_momentum_converter(value, &momentum))
+        return -1;
+    lock_module(self);
+    self->momentum = momentum;
+    unlock_module(self);
+    return 0;
+}
+
+static PyObject *get_eps(BatchNormObject *self, void *Py_UNUSED(closure)) { return PyFloat_FromDouble(self->eps); }
+
+static int set_eps(BatchNormObject *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    double eps;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete eps");
+        return -1;
+    }
+    if (!bn_eps_converter(value, &eps))
+        return -1;
+    lock_module(self);
+    self->eps = eps;
+    unlock_module(self);
+    return 0;
+}
+
 static PyObject *get_activation(BatchNormObject *self, void *Py_UNUSED(closure))
 {
     return self->relu ? PyUnicode_FromString("relu") : Py_NewRef(Py_None);
@@ -510,7 +548,12 @@ static PyGetSetDef BatchNorm_getset[] = {
     {"num_batches_tracked", (getter)get_num_batches_tracked, (setter)set_num_batches_tracked,
      "Training batches seen (counts only with track_running_stats=True).", NULL},
     {"training", (getter)get_training, (setter)set_training, "True in training mode.", NULL},
-    {"momentum", (getter)get_momentum, NULL,
+    {"weight", (getter)get_array, (setter)set_array, "PyTorch's name for gamma (the same array).",
+     ARRAY_SLOT(gamma)},
+    {"bias", (getter)get_array, (setter)set_array,
+     "PyTorch's name for beta (the same array); None when affine=False or bias=False.", ARRAY_SLOT(beta)},
+    {"eps", (getter)get_eps, (setter)set_eps, "Added to the variance before the square root.", NULL},
+    {"momentum", (getter)get_momentum, (setter)set_momentum,
      "Weight of the new batch in the running statistics; None means a cumulative average.", NULL},
     {"dtype", (getter)get_dtype, NULL,
      "dtype of inputs and outputs; also of parameters and buffers, which are float32 for float16.", NULL},
@@ -520,7 +563,6 @@ static PyGetSetDef BatchNorm_getset[] = {
 
 static PyMemberDef BatchNorm_members[] = {
     {"num_features", T_PYSSIZET, offsetof(BatchNormObject, num_features), READONLY, "Number of channels C."},
-    {"eps", T_DOUBLE, offsetof(BatchNormObject, eps), READONLY, "Added to the variance before the square root."},
     {"affine", T_BOOL, offsetof(BatchNormObject, affine), READONLY, "Whether gamma and beta exist."},
     {"track_running_stats", T_BOOL, offsetof(BatchNormObject, track_running_stats), READONLY,
      "Whether running statistics are kept and used in eval mode."},

@@ -61,8 +61,10 @@ typedef enum { BN_DISJOINT, BN_SAME_MEMORY, BN_PARTIAL_OVERLAP } bn_memory_relat
 bn_memory_relation bn_relate_memory(PyArrayObject *a, PyArrayObject *b);
 
 /* A per-channel parameter: None gives NULL (no error); otherwise an ndarray of
- * shape (channels,) and type `typenum`. With `in_place`, it must also be writeable
- * and contiguous, since it is updated where it is; else a contiguous copy may be made. */
+ * shape (channels,) and type `typenum`, contiguous (a copy may be made). With
+ * `in_place` it must also be writeable, since it is updated where it is: a copy
+ * then carries NPY_ARRAY_WRITEBACKIFCOPY, so the caller must call
+ * PyArray_ResolveWritebackIfCopy (or Discard) on it before releasing it. */
 int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *name, int in_place,
                    PyArrayObject **result);
 
@@ -81,6 +83,12 @@ extern PyMethodDef bn_functional_methods[];
     } while (0)
 
 int bn_raise_status(bn_status status);
+
+/* PyArg "O&" converters shared by the module type and the functional layer, so the
+ * two accept the same values with the same messages: eps a positive finite float
+ * (double *), momentum any finite float or None (double *, None -> NAN). */
+int bn_eps_converter(PyObject *obj, void *eps);
+int bn_momentum_converter(PyObject *obj, void *momentum);
 
 /* PyArg "O&" converter of an activation name: None -> 0, "relu" -> 1. */
 int bn_activation_converter(PyObject *obj, void *relu);

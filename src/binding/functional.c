@@ -12,6 +12,19 @@ static PyArrayObject *new_stats_vector(npy_intp channels)
     return (PyArrayObject *)PyArray_EMPTY(1, &channels, NPY_DOUBLE, 0);
 }
 
+/* Releases a running statistic from bn_param_array(in_place), first copying a
+ * contiguous stand-in for a strided array back into it when the call succeeded. */
+static void write_back(PyArrayObject *arr, int succeeded)
+{
+    if (arr == NULL)
+        return;
+    if (succeeded)
+        PyArray_ResolveWritebackIfCopy(arr);
+    else
+        PyArray_DiscardWritebackIfCopy(arr);
+    Py_DECREF(arr);
+}
+
 static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "running_mean", "running_var", "weight", "bias", "training",
@@ -19,16 +32,19 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     PyObject *x_obj, *rm_obj = Py_None, *rv_obj = Py_None, *w_obj = Py_None, *b_obj = Py_None, *out_obj = Py_None;
     int training = 0, relu = 0;
     double momentum = 0.1, eps = 1e-5;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOpddO$O&:batch_norm", kwlist, &x_obj, &rm_obj, &rv_obj,
-                                     &w_obj, &b_obj, &training, &momentum, &eps, &out_obj, bn_activation_converter,
-                                     &relu))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|OOOOpO&O&O$O&:batch_norm", kwlist, &x_obj, &rm_obj, &rv_obj,
+                                     &w_obj, &b_obj, &training, bn_momentum_converter, &momentum, bn_eps_converter,
+                                     &eps, &out_obj, bn_activation_converter, &relu))
         return NULL;
-    if (!(eps > 0.0 && eps < INFINITY)) {
-        PyErr_SetString(PyExc_ValueError, "eps must be a positive finite number");
+    /* as in torch: the module's cumulative average (momentum=None) needs a batch count this layer does not keep */
+    if (isnan(momentum)) {
+        PyErr_SetString(PyExc_TypeError, "momentum must be a float; momentum=None (a cumulative average) needs "
+                                         "num_batches_tracked: use a BatchNorm module, or pass 1/num_batches_tracked");
         return NULL;
     }
-    if (!(momentum >= 0.0 && momentum <= 1.0)) {
-        PyErr_SetString(PyExc_ValueError, "momentum must be in [0, 1]");
+    if (!training && (rm_obj == Py_None || rv_obj == Py_None)) {
+        PyErr_SetString(PyExc_RuntimeError, rm_obj == Py_None ? "running_mean must be defined in evaluation mode"
+                                                              : "running_var must be defined in evaluation mode");
         return NULL;
     }
     PyArrayObject *x = bn_input_array(x_obj, -1, "x");
@@ -41,8 +57,9 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
         goto done;
     const int typenum = PyArray_TYPE(x), param_typenum = bn_param_typenum(typenum);
     const npy_intp channels = PyArray_DIM(x, 1);
-    if (bn_param_array(rm_obj, param_typenum, channels, "running_mean", 1, &rm) < 0 ||
-        bn_param_array(rv_obj, param_typenum, channels, "running_var", 1, &rv) < 0 ||
+    /* written only when training; a strided one is updated through a contiguous copy */
+    if (bn_param_array(rm_obj, param_typenum, channels, "running_mean", training, &rm) < 0 ||
+        bn_param_array(rv_obj, param_typenum, channels, "running_var", training, &rv) < 0 ||
         bn_param_array(w_obj, param_typenum, channels, "weight", 0, &weight) < 0 ||
         bn_param_array(b_obj, param_typenum, channels, "bias", 0, &bias) < 0)
         goto done;
@@ -84,8 +101,8 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
         result = PyTuple_Pack(3, y, mean, invstd);
 done:
     Py_DECREF(x);
-    Py_XDECREF(rm);
-    Py_XDECREF(rv);
+    write_back(rm, result != NULL);
+    write_back(rv, result != NULL);
     Py_XDECREF(weight);
     Py_XDECREF(bias);
     Py_XDECREF(y);
@@ -177,8 +194,9 @@ PyMethodDef bn_functional_methods[] = {
      "batch_norm(x, running_mean=None, running_var=None, weight=None, bias=None, training=False, momentum=0.1, "
      "eps=1e-05, out=None, *, activation=None)\n--\n\n"
      "Batch normalisation of x (N, C, *spatial) over all axes but 1; returns (y, save_mean, save_invstd).\n\n"
-     "Uses the batch's statistics when training=True or when no running statistics are given, else the\n"
-     "running ones. When training with running statistics, updates them in place (momentum is the weight of\n"
+     "training=True uses the batch's statistics; training=False uses running_mean and running_var, which it\n"
+     "then requires (RuntimeError without them, as in torch). When training with running statistics, updates\n"
+     "them in place, strided ones too (momentum, any finite float, is the weight of\n"
      "the new batch; the variance stored is unbiased). save_mean and save_invstd are float64 arrays of\n"
      "shape (C,), the statistics actually used, for batch_norm_backward. activation='relu' applies\n"
      "max(0, .) to the output in the same pass."},
