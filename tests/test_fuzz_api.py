@@ -474,6 +474,8 @@ class Program:
             dy = self.build(op[2])
             kwargs = {k: self.build(v) for k, v in op[3].items()}
             before = self.snapshot(m)
+            # out= may be dy itself (in-place backward): check against dy as it was
+            dy_before = self.np.array(dy, copy=True) if isinstance(dy, self.np.ndarray) else dy
             outcome, dx = self.call(op, m.backward, dy, **kwargs)
             after = self.snapshot(m)
             if dx is None:
@@ -481,7 +483,7 @@ class Program:
                 if changed:
                     self.problem(op, f"a failed backward changed {changed}")
             else:
-                self.check_backward(op, m, dy, kwargs.get("out"), dx, before, after)
+                self.check_backward(op, m, dy_before, kwargs.get("out"), dx, before, after)
                 self.ns["dx"] = dx
                 self.ns["dy"] = dy
             self.check_invariants(op, m)
@@ -748,9 +750,13 @@ class Program:
             mo = m.momentum if m.momentum is not None else 1.0 / after["num_batches_tracked"]
             rm = (1 - mo) * before["running_mean"] + mo * mean
             rv = (1 - mo) * before["running_var"] + mo * var * count / max(count - 1, 1)
-            scale_m = np.abs(before["running_mean"]) + np.abs(mean) + np.sqrt(var) + 1e-30
-            scale_v = np.abs(before["running_var"]) + var * count / max(count - 1, 1) + 1e-30
+            # momentum may be any finite float (as in torch): outside [0, 1] both terms
+            # are scaled up, and the result may overflow the dtype to inf.
+            scale_m = abs(1 - mo) * np.abs(before["running_mean"]) + abs(mo) * (np.abs(mean) + np.sqrt(var)) + 1e-30
+            scale_v = abs(1 - mo) * np.abs(before["running_var"]) + abs(mo) * var * count / max(count - 1, 1) + 1e-30
             for attr, want, scale in (("running_mean", rm, scale_m), ("running_var", rv, scale_v)):
+                with np.errstate(over="ignore", invalid="ignore"):
+                    want = np.asarray(want).astype(after[attr].dtype)
                 msg = self.close(after[attr], want, scale, 2 * self.rtol(after[attr].dtype))
                 if msg:
                     self.problem(op, f"{attr} after a training forward: {msg}")
