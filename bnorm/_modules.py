@@ -148,7 +148,9 @@ class BatchNorm1d(_BatchNormBase):
     """Batch normalisation of (N, C) or (N, C, L) arrays, like torch.nn.BatchNorm1d.
 
     BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
     """
 
     __slots__ = ()
@@ -159,7 +161,9 @@ class BatchNorm2d(_BatchNormBase):
     """Batch normalisation of (N, C, H, W) arrays, like torch.nn.BatchNorm2d.
 
     BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
 
     momentum is the weight of the *new* batch in the running statistics (PyTorch's
     convention; Keras and Flax call 0.99 the weight of the old value); None gives a
@@ -175,7 +179,9 @@ class BatchNorm3d(_BatchNormBase):
     """Batch normalisation of (N, C, D, H, W) arrays, like torch.nn.BatchNorm3d.
 
     BatchNorm3d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
     """
 
     __slots__ = ()
