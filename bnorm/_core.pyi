@@ -3,10 +3,12 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 _Float = np.float32 | np.float64
 _Array = npt.NDArray[Any]
 
+@disjoint_base
 class _BatchNorm:
     _ndim_range: tuple[int, int]
     num_features: int
@@ -22,6 +24,8 @@ class _BatchNorm:
     @property
     def momentum(self) -> float | None: ...
     @property
+    def activation(self) -> str | None: ...
+    @property
     def dtype(self) -> np.dtype[Any]: ...
     @property
     def grad_gamma(self) -> _Array | None: ...
@@ -34,8 +38,23 @@ class _BatchNorm:
         momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
-        dtype: npt.DTypeLike = np.float32,
+        dtype: npt.DTypeLike | None = None,
+        activation: str | None = None,
+        *,
+        bias: bool = True,
     ) -> "_BatchNorm": ...
+    def _get_state(
+        self,
+    ) -> tuple[_Array | None, _Array | None, _Array | None, _Array | None, int]: ...
+    def _set_state(
+        self,
+        gamma: _Array | None,
+        beta: _Array | None,
+        running_mean: _Array | None,
+        running_var: _Array | None,
+        num_batches_tracked: int | None,
+        /,
+    ) -> None: ...
     def forward(self, x: _Array, /, out: _Array | None = None) -> _Array: ...
     def __call__(self, x: _Array, /, out: _Array | None = None) -> _Array: ...
     def backward(self, dy: _Array, /, out: _Array | None = None) -> _Array: ...
@@ -52,6 +71,8 @@ def batch_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
     out: _Array | None = None,
+    *,
+    activation: str | None = None,
 ) -> tuple[_Array, npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 def batch_norm_backward(
     dy: _Array,
@@ -61,6 +82,9 @@ def batch_norm_backward(
     weight: _Array | None = None,
     training: bool = True,
     out: _Array | None = None,
+    *,
+    bias: _Array | None = None,
+    activation: str | None = None,
 ) -> tuple[_Array, _Array, _Array]: ...
 def set_num_threads(n: int, /) -> None: ...
 def get_num_threads() -> int: ...

@@ -57,7 +57,7 @@ class _BatchNormBase(_core._BatchNorm):
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters and buffers under PyTorch's key names."""
         gamma, beta, running_mean, running_var, count = self._get_state()  # one atomic snapshot
-        values = {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var}
+        values: dict[str, Any] = {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var}
         state = {key: values[attr] for key, attr in self._state_keys().items()}
         if self.track_running_stats:
             state["num_batches_tracked"] = np.array(count, dtype=np.int64)
@@ -90,13 +90,13 @@ class _BatchNormBase(_core._BatchNorm):
                 raise ValueError(f"state_dict['num_batches_tracked']: expected an int in [0, 2**63), got {count}")
         # Everything is checked before anything is assigned, so a bad dict changes nothing,
         # and everything is assigned at once, under the module's lock.
-        new = dict.fromkeys(["gamma", "beta", "running_mean", "running_var"])
+        new: dict[str, np.ndarray | None] = dict.fromkeys(["gamma", "beta", "running_mean", "running_var"])
         pdt = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
         for key, array in arrays.items():
             if key != "num_batches_tracked":
                 new[self._state_keys()[key]] = np.ascontiguousarray(array.astype(pdt))
-        count = int(arrays["num_batches_tracked"]) if "num_batches_tracked" in arrays else None
-        self._set_state(new["gamma"], new["beta"], new["running_mean"], new["running_var"], count)
+        tracked = int(arrays["num_batches_tracked"]) if "num_batches_tracked" in arrays else None
+        self._set_state(new["gamma"], new["beta"], new["running_mean"], new["running_var"], tracked)
 
     # ---- copying and pickling ----
     #
@@ -159,7 +159,9 @@ class BatchNorm1d(_BatchNormBase):
     """Batch normalisation of (N, C) or (N, C, L) arrays, like torch.nn.BatchNorm1d.
 
     BatchNorm1d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
     """
 
     __slots__ = ()
@@ -170,7 +172,9 @@ class BatchNorm2d(_BatchNormBase):
     """Batch normalisation of (N, C, H, W) arrays, like torch.nn.BatchNorm2d.
 
     BatchNorm2d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
 
     momentum is the weight of the *new* batch in the running statistics (PyTorch's
     convention; Keras and Flax call 0.99 the weight of the old value); None gives a
@@ -186,7 +190,9 @@ class BatchNorm3d(_BatchNormBase):
     """Batch normalisation of (N, C, D, H, W) arrays, like torch.nn.BatchNorm3d.
 
     BatchNorm3d(num_features, eps=1e-5, momentum=0.1, affine=True,
-                track_running_stats=True, dtype=np.float32)
+                track_running_stats=True, dtype=None, activation=None, *, bias=True)
+
+    dtype=None means float32; activation='relu' fuses max(0, .) into the output.
     """
 
     __slots__ = ()

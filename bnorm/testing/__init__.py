@@ -44,7 +44,12 @@ Nothing here imports torch.
 
 from importlib.util import find_spec as _find_spec
 
+from typing import TYPE_CHECKING
+
 from . import reference
+
+if TYPE_CHECKING:  # imported lazily at run time (see __getattr__)
+    from . import strategies
 from .assertions import assert_batch_norm_close, batch_norm_tolerance, gradcheck
 
 __all__ = [
@@ -54,7 +59,7 @@ __all__ = [
     "gradcheck",
 ]
 if _find_spec("hypothesis") is not None:   # so that `import *` works without hypothesis
-    __all__.insert(1, "strategies")
+    __all__.append("strategies")
 
 
 def __getattr__(name):

@@ -39,18 +39,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-try:
-    from hypothesis import assume
-    from hypothesis import strategies as st
-    from hypothesis.extra import numpy as hnp
-except ImportError as exc:  # pragma: no cover - exercised only without hypothesis
+from importlib.util import find_spec
+
+if find_spec("hypothesis") is None:  # pragma: no cover - exercised only without hypothesis
     raise ImportError(
         "bnorm.testing.strategies needs the 'hypothesis' package (a test dependency, not "
-        "needed by bnorm itself): pip install hypothesis") from exc
+        "needed by bnorm itself): pip install hypothesis")
+from hypothesis import assume
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 __all__ = [
     "Problem",
@@ -82,7 +83,7 @@ def _check_dtype(dtype):
     return dt
 
 
-def _check_dims(dims):
+def _check_dims(dims: Any) -> tuple[int, ...]:
     if isinstance(dims, (int, np.integer)):
         dims = (int(dims),)
     dims = tuple(int(d) for d in dims)

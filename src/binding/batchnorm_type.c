@@ -645,14 +645,17 @@ static PyMethodDef BatchNorm_methods[] = {
     {"_set_state", (PyCFunction)BatchNorm_set_state, METH_VARARGS, "Assign the state atomically."},
     {"forward", (PyCFunction)(void (*)(void))BatchNorm_forward, METH_VARARGS | METH_KEYWORDS,
      "forward($self, x, /, out=None)\n--\n\n"
-     "Normalise x of shape (N, C, *spatial) and return y (a new C-contiguous array, or `out`).\n\n"
+     "Normalise x of shape (N, C, *spatial) and return y (a new array, or `out`).\n\n"
      "In training mode (or with track_running_stats=False) uses the batch's statistics and, when tracking,\n"
      "updates running_mean, running_var and num_batches_tracked; in eval mode uses the running statistics.\n"
      "The module keeps a reference to x for backward(): changing x in place before backward() changes\n"
-     "the gradient. `out` must be C-contiguous with x's shape and dtype; in eval mode it may be x itself."},
+     "the gradient. y has x's memory layout: channels-last (axis 1 varying fastest) when x is, else\n"
+     "C-contiguous (other strided inputs are first copied to C order). `out` must have x's shape, dtype and\n"
+     "that layout; in eval mode it may be x itself."},
     {"backward", (PyCFunction)(void (*)(void))BatchNorm_backward, METH_VARARGS | METH_KEYWORDS,
      "backward($self, dy, /, out=None)\n--\n\n"
      "Gradient of the loss w.r.t. the last forward's input, given dy (the gradient w.r.t. its output).\n\n"
+     "dx (a new array, or `out`) has the layout of the forward's input, as y does.\n"
      "Sets grad_gamma and grad_beta. After a forward with batch statistics the gradient flows through the\n"
      "mean and variance; after an eval-mode forward the running statistics are constants, as in PyTorch."},
     {"train", (PyCFunction)(void (*)(void))BatchNorm_train, METH_VARARGS | METH_KEYWORDS,
@@ -663,7 +666,11 @@ static PyMethodDef BatchNorm_methods[] = {
 };
 
 static PyType_Slot BatchNorm_slots[] = {
-    {Py_tp_doc, "Batch normalisation over the channel axis of (N, C, *spatial) arrays, with PyTorch's semantics.\n\n"
+    /* The signature line gives inspect.signature(bnorm.BatchNorm2d) (found through the MRO).
+       dtype=None means float32. */
+    {Py_tp_doc, "_BatchNorm(num_features, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True, "
+                "dtype=None, activation=None, *, bias=True)\n--\n\n"
+                "Batch normalisation over the channel axis of (N, C, *spatial) arrays, with PyTorch's semantics.\n\n"
                 "Use the subclasses bnorm.BatchNorm1d, bnorm.BatchNorm2d and bnorm.BatchNorm3d."},
     {Py_tp_new, BatchNorm_new},
     {Py_tp_dealloc, BatchNorm_dealloc},
