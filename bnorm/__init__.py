@@ -12,14 +12,14 @@ reference and the helpers for property-based tests.
 try:
     # The compiled extension, first: every other module needs it.
     from ._core import get_num_threads, set_num_threads, simd_path, supported_simd_paths
-except ImportError as exc:
+except ImportError as _missing:
     raise ImportError(
-        f"bnorm's compiled extension bnorm._core cannot be imported ({exc}). "
+        f"bnorm's compiled extension bnorm._core cannot be imported ({_missing}). "
         f"This bnorm was imported from {__path__[0]}: probably a source checkout whose "
         "extension was not built (or was built for another Python). In the checkout, run "
         "`pip install -e .` (or `python setup.py build_ext --inplace`); or run Python from "
         "outside the checkout to use an installed bnorm."
-    ) from exc
+    ) from _missing
 
 from . import functional
 from ._config import config, show_config

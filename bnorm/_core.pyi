@@ -17,12 +17,14 @@ class _BatchNorm:
     track_running_stats: bool
     num_batches_tracked: int
     training: bool
+    momentum: float | None
     gamma: _Array | None
     beta: _Array | None
+    # torch's names: the same arrays as gamma and beta
+    weight: _Array | None
+    bias: _Array | None
     running_mean: _Array | None
     running_var: _Array | None
-    @property
-    def momentum(self) -> float | None: ...
     @property
     def activation(self) -> str | None: ...
     @property
