@@ -474,8 +474,12 @@ class Program:
             dy = self.build(op[2])
             kwargs = {k: self.build(v) for k, v in op[3].items()}
             before = self.snapshot(m)
-            # out= may be dy itself (in-place backward): check against dy as it was
-            dy_before = self.np.array(dy, copy=True) if isinstance(dy, self.np.ndarray) else dy
+            # out= may be dy itself (in-place backward): check against dy as it was.
+            # Copied only then: dy may be a huge zero-stride view.
+            out = kwargs.get("out")
+            in_place = isinstance(dy, self.np.ndarray) and isinstance(out, self.np.ndarray) and \
+                self.np.may_share_memory(dy, out)
+            dy_before = self.np.array(dy, copy=True) if in_place else dy
             outcome, dx = self.call(op, m.backward, dy, **kwargs)
             after = self.snapshot(m)
             if dx is None:
