@@ -25,6 +25,25 @@ static void write_back(PyArrayObject *arr, int succeeded)
     Py_DECREF(arr);
 }
 
+/* bn_param_array for this layer, which, as torch does, also takes float16 parameters and running
+ * statistics with float16 input (the modules keep float32 ones): the kernels read them, and update
+ * running statistics, through float32 copies that write_back copies back. */
+static int param_for_input(PyObject *obj, int x_typenum, npy_intp channels, const char *name, int in_place,
+                           PyArrayObject **result)
+{
+    if (x_typenum != NPY_HALF || obj == NULL || !PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_HALF)
+        return bn_param_array(obj, bn_param_typenum(x_typenum), channels, name, in_place, result);
+    PyArrayObject *checked; /* the shape checks and messages of every parameter */
+    if (bn_param_array(obj, NPY_HALF, channels, name, 0, &checked) < 0)
+        return -1;
+    Py_DECREF(checked);
+    if (in_place && PyArray_FailUnlessWriteable((PyArrayObject *)obj, name) < 0)
+        return -1;
+    *result = (PyArrayObject *)PyArray_FromArray((PyArrayObject *)obj, PyArray_DescrFromType(NPY_FLOAT),
+                                                 in_place ? NPY_ARRAY_INOUT_ARRAY2 : NPY_ARRAY_IN_ARRAY);
+    return *result == NULL ? -1 : 0;
+}
+
 static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "running_mean", "running_var", "weight", "bias", "training",
@@ -55,13 +74,13 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     PyObject *result = NULL;
     if (bn_check_layout(x, 2, -1, -1) < 0)
         goto done;
-    const int typenum = PyArray_TYPE(x), param_typenum = bn_param_typenum(typenum);
+    const int typenum = PyArray_TYPE(x);
     const npy_intp channels = PyArray_DIM(x, 1);
     /* written only when training; a strided one is updated through a contiguous copy */
-    if (bn_param_array(rm_obj, param_typenum, channels, "running_mean", training, &rm) < 0 ||
-        bn_param_array(rv_obj, param_typenum, channels, "running_var", training, &rv) < 0 ||
-        bn_param_array(w_obj, param_typenum, channels, "weight", 0, &weight) < 0 ||
-        bn_param_array(b_obj, param_typenum, channels, "bias", 0, &bias) < 0)
+    if (param_for_input(rm_obj, typenum, channels, "running_mean", training, &rm) < 0 ||
+        param_for_input(rv_obj, typenum, channels, "running_var", training, &rv) < 0 ||
+        param_for_input(w_obj, typenum, channels, "weight", 0, &weight) < 0 ||
+        param_for_input(b_obj, typenum, channels, "bias", 0, &bias) < 0)
         goto done;
     if ((rm == NULL) != (rv == NULL)) {
         PyErr_SetString(PyExc_ValueError, "running_mean and running_var must be given together");
@@ -155,8 +174,8 @@ static PyObject *batch_norm_backward(PyObject *Py_UNUSED(module), PyObject *args
         goto done;
     if ((mean = stats_vector(mean_obj, channels, "save_mean")) == NULL ||
         (invstd = stats_vector(invstd_obj, channels, "save_invstd")) == NULL ||
-        bn_param_array(w_obj, bn_param_typenum(typenum), channels, "weight", 0, &weight) < 0 ||
-        bn_param_array(b_obj, bn_param_typenum(typenum), channels, "bias", 0, &bias) < 0)
+        param_for_input(w_obj, typenum, channels, "weight", 0, &weight) < 0 ||
+        param_for_input(b_obj, typenum, channels, "bias", 0, &bias) < 0)
         goto done;
     if ((dx = bn_output_array(out_obj, x, "out")) == NULL)
         goto done;
