@@ -98,7 +98,7 @@ def test_eps_and_momentum_are_assignable_and_used():
 
 
 @pytest.mark.parametrize("name, value, exc, pattern", [
-    ("eps", -1.0, ValueError, "eps must be a positive finite float"),
+    ("eps", -1.0, ValueError, "eps must be positive and finite"),
     ("eps", float("nan"), ValueError, "eps"),
     ("eps", "small", TypeError, "eps must be a float, got str"),
     ("momentum", float("inf"), ValueError, "momentum must be a finite float or None"),

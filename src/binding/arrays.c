@@ -313,9 +313,10 @@ int bn_eps_converter(PyObject *obj, void *eps)
     double value;
     if (real_number(obj, "eps", &value) < 0)
         return 0;
-    /* torch does not check eps; a negative or NaN eps only gives NaN outputs later. */
+    /* torch's modules refuse eps <= 0 at their forward ("eps must be positive", which this message
+       starts with) and its functional layer eps < 0; eps <= 0, NaN or inf can only give NaN. */
     if (!(value > 0.0 && value < INFINITY)) {
-        PyErr_Format(PyExc_ValueError, "eps must be a positive finite float, got %R", obj);
+        PyErr_Format(PyExc_ValueError, "eps must be positive and finite, got %R", obj);
         return 0;
     }
     *(double *)eps = value;
