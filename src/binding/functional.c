@@ -218,12 +218,14 @@ PyMethodDef bn_functional_methods[] = {
      "them in place, strided ones too (momentum, any finite float, is the weight of\n"
      "the new batch; the variance stored is unbiased). save_mean and save_invstd are float64 arrays of\n"
      "shape (C,), the statistics actually used, for batch_norm_backward. activation='relu' applies\n"
-     "max(0, .) to the output in the same pass."},
+     "max(0, .) to the output in the same pass. weight, bias and the running statistics have x's dtype;\n"
+     "with float16 x they may be float32 or float16, as in torch."},
     {"batch_norm_backward", (PyCFunction)(void (*)(void))batch_norm_backward, METH_VARARGS | METH_KEYWORDS,
      "batch_norm_backward(dy, x, save_mean, save_invstd, weight=None, training=True, out=None, *, bias=None, "
      "activation=None)\n--\n\n"
      "Gradients (dx, dweight, dbias) of batch_norm given dy. training=True: save_mean and save_invstd are x's\n"
      "batch statistics and the gradient flows through them; training=False: they are constants (eval mode).\n"
-     "With activation='relu' (and the forward's bias), dy is masked where the forward's output was 0."},
+     "With activation='relu' (and the forward's bias), dy is masked where the forward's output was 0.\n"
+     "weight and bias as for batch_norm; dweight and dbias are float32 for float16 x."},
     {NULL},
 };
