@@ -145,7 +145,13 @@ static int init_threads(void)
 
 static int module_exec(PyObject *module)
 {
-    if (PyArray_ImportNumPyAPI() < 0)
+    if (PyArray_ImportNumPyAPI() < 0 || bn_init_dtypes() < 0)
+        return -1;
+    /* the dtype names this build takes, in the order of the dtype table */
+    PyObject *dtypes = bn_dtype_names();
+    const int added = dtypes == NULL ? -1 : PyModule_AddObjectRef(module, "DTYPES", dtypes);
+    Py_XDECREF(dtypes);
+    if (added < 0)
         return -1;
     bn_module_state *state = module_state(module);
     state->batchnorm_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bn_batchnorm_spec, NULL);

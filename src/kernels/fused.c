@@ -93,29 +93,9 @@ struct bn_job {
 
 enum { K_DY = 0, K_XMU = 1, K_CONST = 2, K_RELU_SCALE = 3, K_RELU_SHIFT = 4 };
 
-static const size_t elem_sizes[BN_DTYPE_COUNT] = {4, 8, 2};
-
-static size_t elem_size(bn_dtype dtype) { return elem_sizes[dtype]; }
-
-/* The dtype of parameters, running statistics and parameter gradients. */
-static bn_dtype param_dtype(bn_dtype dtype) { return dtype == BN_FLOAT16 ? BN_FLOAT32 : dtype; }
-
-static double load(bn_dtype dtype, const void *p, int64_t i)
-{
-    return dtype == BN_FLOAT32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-static void store(bn_dtype dtype, void *p, int64_t i, double v)
-{
-    if (dtype == BN_FLOAT32)
-        ((float *)p)[i] = (float)v;
-    else
-        ((double *)p)[i] = v;
-}
-
 static double load_or(bn_dtype dtype, const void *p, int64_t i, double fallback)
 {
-    return p == NULL ? fallback : load(dtype, p, i);
+    return p == NULL ? fallback : bn_load(dtype, p, i);
 }
 
 static double *coef_of(bn_job *job, int k) { return job->coef + k * job->dims.c; }
@@ -163,7 +143,7 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
         job->blocks_per_channel = (rows + job->rows_per_block - 1) / job->rows_per_block;
         return;
     }
-    job->stream = rows * dims.c * (int64_t)elem_size(dtype) >= BN_STREAM_MIN_BYTES;
+    job->stream = rows * dims.c * (int64_t)bn_dtype_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.s >= BN_BLOCK_ELEMS) {
         job->rows_per_block = 1;
         job->blocks_per_row = (dims.s + BN_BLOCK_ELEMS - 1) / BN_BLOCK_ELEMS;
@@ -197,7 +177,7 @@ static bn_block block_at(const bn_job *job, int64_t b)
 static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 {
     const int64_t channel_start = job->dims.channels_last ? 0 : c * job->dims.s;
-    return (channel_start + blk->offset) * (int64_t)elem_size(job->dtype);
+    return (channel_start + blk->offset) * (int64_t)bn_dtype_size(job->dtype);
 }
 
 /* ---- schedules ---- */
@@ -207,7 +187,7 @@ static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 static void prefetch_channel(const bn_job *job, int64_t c)
 {
 #if defined(__GNUC__)
-    const int64_t elem = (int64_t)elem_size(job->dtype), row_bytes = job->dims.s * elem;
+    const int64_t elem = (int64_t)bn_dtype_size(job->dtype), row_bytes = job->dims.s * elem;
     if (row_bytes > BN_SHORT_ROW_BYTES)
         return;
     const bn_block blk = block_at(job, 0);
@@ -291,7 +271,7 @@ static void apply_in_memory_order_task(void *ctx, int64_t t)
     const bn_dims d = job->dims;
     const int64_t first = t * job->rows_per_block, rows = d.n * d.c;
     const int64_t end = first + job->rows_per_block < rows ? first + job->rows_per_block : rows;
-    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
     for (int64_t q = first; q < end; q++) {
         const bn_coefs k = coefs_of_channel(job, q % d.c);
         job->ops->output(job->x + q * row_bytes, NULL, job->out + q * row_bytes, 1, d.s, d.s, &k, job->terms,
@@ -314,7 +294,7 @@ static bn_status run_job(bn_job *job)
     if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->work == NULL)))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
-    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
     if (!channels_last && !job->gather && row_bytes <= BN_SHORT_ROW_BYTES) {
         /* Eval forward with short rows: the coefficients, then the output in memory
          * order, one stream instead of N rows C * S apart per channel. */
@@ -370,7 +350,7 @@ static void gather_moments(bn_job *job, int64_t c, int64_t b)
         shift = job->ops->sum(x, blk.rows, blk.width, stride) / count;
         job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     } else {
-        shift = job->ops->sum(x, 1, 1, stride); /* the first value, whatever the dtype */
+        shift = bn_load(job->dtype, x, 0); /* the block's first value */
         shift = isfinite(shift) ? shift : 0.0;
         job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     }
@@ -389,9 +369,10 @@ static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
             shift[c] /= (double)blk.rows;
         job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     } else {
-        job->ops->cl_sum(x, 1, channels, shift); /* the first row's values, whatever the dtype */
-        for (int64_t c = 0; c < channels; c++)
+        for (int64_t c = 0; c < channels; c++) {
+            shift[c] = bn_load(job->dtype, x, c); /* the block's first row */
             shift[c] = isfinite(shift[c]) ? shift[c] : 0.0;
+        }
         job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     }
     for (int64_t c = 0; c < channels; c++)
@@ -431,7 +412,7 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
  * is the pre-activation a ReLU backward masks by. */
 static void set_affine_coef(bn_job *job, int64_t c)
 {
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     coef_of(job, K_DY)[c] = 0.0;
     coef_of(job, K_XMU)[c] = coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
     coef_of(job, K_CONST)[c] = coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
@@ -460,7 +441,7 @@ static void reduce_moments(bn_job *job, int64_t c)
 /* The forward's affine map, by which a ReLU backward masks dy. */
 static void set_relu_coef(bn_job *job, int64_t c)
 {
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
     coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
 }
@@ -478,12 +459,12 @@ static void reduce_grad(bn_job *job, int64_t c)
     }
     const double invstd = job->invstd[c];
     const double count = (double)(job->dims.n * job->dims.s);
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     const double k_dy = load_or(params, job->gamma, c, 1.0) * invstd;
     if (job->dbeta)
-        store(params, job->dbeta, c, sum_dy);
+        bn_store(params, job->dbeta, c, sum_dy);
     if (job->dgamma)
-        store(params, job->dgamma, c, sum_dy_xmu * invstd);
+        bn_store(params, job->dgamma, c, sum_dy_xmu * invstd);
     coef_of(job, K_DY)[c] = k_dy;
     coef_of(job, K_XMU)[c] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
     coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
@@ -569,9 +550,9 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
     if (job.blocks_per_channel == 0) {
         for (int64_t c = 0; c < dims.c; c++) {
             if (dgamma)
-                store(param_dtype(dtype), dgamma, c, 0.0);
+                bn_store(bn_param_dtype(dtype), dgamma, c, 0.0);
             if (dbeta)
-                store(param_dtype(dtype), dbeta, c, 0.0);
+                bn_store(bn_param_dtype(dtype), dbeta, c, 0.0);
         }
         return BN_OK;
     }
@@ -599,20 +580,20 @@ void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, voi
                        const double *mean, const double *var, int64_t count, double momentum)
 {
     const double unbias = (double)count / (double)(count - 1);
-    dtype = param_dtype(dtype);
+    dtype = bn_param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
-        double rm = load(dtype, running_mean, c), rv = load(dtype, running_var, c);
-        store(dtype, running_mean, c, (1.0 - momentum) * rm + momentum * mean[c]);
-        store(dtype, running_var, c, (1.0 - momentum) * rv + momentum * var[c] * unbias);
+        double rm = bn_load(dtype, running_mean, c), rv = bn_load(dtype, running_var, c);
+        bn_store(dtype, running_mean, c, (1.0 - momentum) * rm + momentum * mean[c]);
+        bn_store(dtype, running_var, c, (1.0 - momentum) * rv + momentum * var[c] * unbias);
     }
 }
 
 void bn_stats_from_running(bn_dtype dtype, int64_t channels, const void *running_mean,
                            const void *running_var, double eps, double *mean, double *invstd)
 {
-    dtype = param_dtype(dtype);
+    dtype = bn_param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
-        mean[c] = load(dtype, running_mean, c);
-        invstd[c] = 1.0 / sqrt(load(dtype, running_var, c) + eps);
+        mean[c] = bn_load(dtype, running_mean, c);
+        invstd[c] = 1.0 / sqrt(bn_load(dtype, running_var, c) + eps);
     }
 }
