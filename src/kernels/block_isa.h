@@ -59,15 +59,15 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 /* Conversions between elements and the type loops compute in (see
  * block_template.h). float and double compute in their own type: chunks are the
  * elements themselves, read and written in place. */
-#define BN_SAME_WIDE_CHUNK(v, p) const BN_WORK *v = (p)
-#define BN_SAME_OUT_CHUNK(o, p) BN_WORK *o = (p)
+#define BN_SAME_WIDE_CHUNK(v, p) const BN_COMPUTE *v = (p)
+#define BN_SAME_OUT_CHUNK(o, p) BN_COMPUTE *o = (p)
 #define BN_SAME_OUT_CHUNK_STORE(o, p) (void)(o)
-#define BN_CAST_WIDEN1(p) ((BN_WORK) * (p))
+#define BN_CAST_WIDEN1(p) ((BN_COMPUTE) * (p))
 #define BN_CAST_NARROW1(p, v) (*(p) = (BN_T)(v))
 
 #define BN_T float
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
-#define BN_WORK float
+#define BN_COMPUTE float
 #define BN_WIDE_CHUNK BN_SAME_WIDE_CHUNK
 #define BN_OUT_CHUNK BN_SAME_OUT_CHUNK
 #define BN_OUT_CHUNK_STORE BN_SAME_OUT_CHUNK_STORE
@@ -78,18 +78,18 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_ZERO_BELOW
 #define BN_OPS_f32 BN_OPS_ENTRY(f32)
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
-#define BN_WORK double
+#define BN_COMPUTE double
 #define BN_ZERO_BELOW 0.0
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_ZERO_BELOW
 #undef BN_CHUNKED_TAILS
 #undef BN_WIDE_CHUNK
@@ -154,7 +154,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 
 #define BN_T bn_float16
 #define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
-#define BN_WORK float
+#define BN_COMPUTE float
 #define BN_WIDE_CHUNK(v, p)                                                             \
     float v##_converted[BN_LANES];                                                      \
     bn_f16_widen_lanes(v##_converted, p);                                               \
@@ -170,7 +170,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_WIDE_CHUNK
 #undef BN_OUT_CHUNK
 #undef BN_OUT_CHUNK_STORE
@@ -192,7 +192,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
         .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
-        .cl_set_work_coefs = BN_EXPAND3(cl_set_work_coefs, suffix, BN_LEVEL),                   \
+        .cl_set_coefs = BN_EXPAND3(cl_set_coefs, suffix, BN_LEVEL),                   \
         .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
     }
 

@@ -66,7 +66,7 @@ struct bn_job {
     bn_dtype dtype;
     const bn_block_ops *ops;
     bn_dims dims;
-    int64_t blocks_per_channel; /* NCHW; for channels-last, the number of row blocks */
+    int64_t channel_blocks; /* blocks holding part of a channel: NCHW, its own; channels-last, every row block */
     int64_t rows_per_block;
     int64_t blocks_per_row; /* NCHW blocks that are pieces of one row; else 0 */
     int64_t channels_per_run; /* by-channel schedule: consecutive channels per task */
@@ -79,7 +79,7 @@ struct bn_job {
     bn_block_step apply;
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
     double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
-    void *work;       /* channels-last: the coefficients as the block loops read them */
+    void *cl_coefs;   /* channels-last: the coefficients as the block loops read them */
     double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
@@ -107,15 +107,15 @@ static bn_coefs coefs_of_channel(bn_job *job, int64_t c)
 }
 
 /* Channels-last loops read the coefficients converted once per channel. */
-static void publish_work_coefs(bn_job *job, int64_t c)
+static void publish_cl_coefs(bn_job *job, int64_t c)
 {
     const bn_coefs k = coefs_of_channel(job, c);
-    job->ops->cl_set_work_coefs(&k, c, job->dims.c, job->work);
+    job->ops->cl_set_coefs(&k, c, job->dims.c, job->cl_coefs);
 }
 
 static double *partials_of(bn_job *job, int64_t c, int64_t b)
 {
-    return job->partials + (c * job->blocks_per_channel + b) * BN_PARTIALS;
+    return job->partials + (c * job->channel_blocks + b) * BN_PARTIALS;
 }
 
 /* One channel is contiguous whatever the layout; N rows of S values as NCHW
@@ -140,17 +140,17 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
         const int64_t rows_for_cache = dims.c >= BN_BLOCK_ELEMS ? 1 : BN_BLOCK_ELEMS / dims.c;
         const int64_t rows_for_memory = (rows + BN_CL_MAX_BLOCKS - 1) / BN_CL_MAX_BLOCKS;
         job->rows_per_block = rows_for_cache > rows_for_memory ? rows_for_cache : rows_for_memory;
-        job->blocks_per_channel = (rows + job->rows_per_block - 1) / job->rows_per_block;
+        job->channel_blocks = (rows + job->rows_per_block - 1) / job->rows_per_block;
         return;
     }
     job->stream = rows * dims.c * (int64_t)bn_dtype_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.s >= BN_BLOCK_ELEMS) {
         job->rows_per_block = 1;
         job->blocks_per_row = (dims.s + BN_BLOCK_ELEMS - 1) / BN_BLOCK_ELEMS;
-        job->blocks_per_channel = dims.n * job->blocks_per_row;
+        job->channel_blocks = dims.n * job->blocks_per_row;
     } else {
         job->rows_per_block = BN_BLOCK_ELEMS / dims.s;
-        job->blocks_per_channel = (dims.n + job->rows_per_block - 1) / job->rows_per_block;
+        job->channel_blocks = (dims.n + job->rows_per_block - 1) / job->rows_per_block;
     }
 }
 
@@ -210,11 +210,11 @@ static void channel_task(void *ctx, int64_t c)
     if (job->prepare)
         job->prepare(job, c);
     if (job->gather)
-        for (int64_t b = 0; b < job->blocks_per_channel; b++)
+        for (int64_t b = 0; b < job->channel_blocks; b++)
             job->gather(job, c, b);
     job->reduce(job, c);
     if (job->apply)
-        for (int64_t b = job->blocks_per_channel - 1; b >= 0; b--)
+        for (int64_t b = job->channel_blocks - 1; b >= 0; b--)
             job->apply(job, c, b);
 }
 
@@ -238,29 +238,29 @@ static void channel_run_task(void *ctx, int64_t run)
 static void gather_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
-    job->gather(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
+    job->gather(job, t / job->channel_blocks, t % job->channel_blocks);
 }
 
 static void prepare_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->prepare(job, c);
-    if (job->work)
-        publish_work_coefs(job, c);
+    if (job->cl_coefs)
+        publish_cl_coefs(job, c);
 }
 
 static void reduce_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->reduce(job, c);
-    if (job->work)
-        publish_work_coefs(job, c);
+    if (job->cl_coefs)
+        publish_cl_coefs(job, c);
 }
 
 static void apply_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
-    job->apply(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
+    job->apply(job, t / job->channel_blocks, t % job->channel_blocks);
 }
 
 /* Task t of an NCHW apply in memory order: rows_per_block (BN_BLOCK_ELEMS elements'
@@ -282,16 +282,16 @@ static void apply_in_memory_order_task(void *ctx, int64_t t)
 static bn_status run_job(bn_job *job)
 {
     const bn_dims d = job->dims;
-    const int64_t work = d.n * d.c * d.s;
+    const int64_t elements = d.n * d.c * d.s;
     const int64_t channels_last = d.channels_last;
-    const int64_t nblocks = channels_last ? job->blocks_per_channel : d.c * job->blocks_per_channel;
-    job->partials = malloc((size_t)(d.c * job->blocks_per_channel) * BN_PARTIALS * sizeof(double));
+    const int64_t nblocks = channels_last ? job->channel_blocks : d.c * job->channel_blocks;
+    job->partials = malloc((size_t)(d.c * job->channel_blocks) * BN_PARTIALS * sizeof(double));
     /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
     job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
     job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
-    job->work = channels_last ? malloc((size_t)d.c * BN_WORK_COEFS * sizeof(double)) : NULL;
+    job->cl_coefs = channels_last ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
     bn_status status = BN_NO_MEMORY;
-    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->work == NULL)))
+    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->cl_coefs == NULL)))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
     const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
@@ -300,25 +300,25 @@ static bn_status run_job(bn_job *job)
          * order, one stream instead of N rows C * S apart per channel. */
         bn_pool_run(d.c, reduce_task, job, d.c);
         bn_pool_run((d.n * d.c + job->rows_per_block - 1) / job->rows_per_block, apply_in_memory_order_task, job,
-                    work);
+                    elements);
     } else if (!channels_last && d.c >= runs) {
         job->channels_per_run = (d.c + runs - 1) / runs;
-        bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, work);
+        bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, elements);
     } else {
         if (job->prepare)
             bn_pool_run(d.c, prepare_task, job, d.c);
         if (job->gather)
-            bn_pool_run(nblocks, gather_task, job, work);
-        bn_pool_run(d.c, reduce_task, job, d.c * job->blocks_per_channel);
+            bn_pool_run(nblocks, gather_task, job, elements);
+        bn_pool_run(d.c, reduce_task, job, d.c * job->channel_blocks);
         if (job->apply)
-            bn_pool_run(nblocks, apply_task, job, work);
+            bn_pool_run(nblocks, apply_task, job, elements);
     }
     status = BN_OK;
 done:
     free(job->partials);
     free(job->coef);
     free(job->scratch);
-    free(job->work);
+    free(job->cl_coefs);
     return status;
 }
 
@@ -397,7 +397,7 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
     const int64_t off = block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
     double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
-    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->work, job->relu, sum_dy,
+    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->cl_coefs, job->relu, sum_dy,
                            sum_dy_xmu);
     for (int64_t c = 0; c < channels; c++) {
         double *p = partials_of(job, c, b);
@@ -423,7 +423,7 @@ static void set_affine_coef(bn_job *job, int64_t c)
 static void reduce_moments(bn_job *job, int64_t c)
 {
     double count = 0.0, mean = 0.0, m2 = 0.0;
-    for (int64_t b = 0; b < job->blocks_per_channel; b++) {
+    for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
         const double total = count + p[0];
         const double delta = p[1] - mean;
@@ -452,7 +452,7 @@ static void set_relu_coef(bn_job *job, int64_t c)
 static void reduce_grad(bn_job *job, int64_t c)
 {
     double sum_dy = 0.0, sum_dy_xmu = 0.0;
-    for (int64_t b = 0; b < job->blocks_per_channel; b++) {
+    for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
         sum_dy += p[0];
         sum_dy_xmu += p[1];
@@ -486,7 +486,7 @@ static void apply_output_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
     job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
-                        job->work, job->terms);
+                        job->cl_coefs, job->terms);
 }
 
 static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)
@@ -504,7 +504,7 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0) {
+    if (job.channel_blocks == 0) {
         for (int64_t c = 0; c < dims.c; c++)
             mean[c] = var[c] = invstd[c] = NAN;
         return BN_OK;
@@ -527,7 +527,7 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0)
+    if (job.channel_blocks == 0)
         return BN_OK;
     set_steps(&job, NULL, NULL, set_affine_coef);
     job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
@@ -547,7 +547,7 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0) {
+    if (job.channel_blocks == 0) {
         for (int64_t c = 0; c < dims.c; c++) {
             if (dgamma)
                 bn_store(bn_param_dtype(dtype), dgamma, c, 0.0);
