@@ -178,6 +178,43 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
     free(x), free(dy), free(gamma), free(beta);
 }
 
+/* An output loop given terms outside BN_FOR_EACH_TERMS (here with the forward's
+ * ReLU clamp and dy both, which no kernel asks for) computes them, unspecialised,
+ * instead of leaving the output unwritten: NCHW and channels-last, every level. */
+static void test_unlisted_terms(void)
+{
+    enum { ROWS = 3, WIDTH = 37, COUNT = ROWS * WIDTH };
+    const int terms = BN_USE_X | BN_USE_DY | BN_RELU_CLAMP;
+    const bn_coefs k = {.mean = 0.5, .k_dy = 2, .k_xmu = 3, .k_const = -1, .relu_scale = 1, .relu_shift = 0};
+    double x[COUNT], dy[COUNT], out[COUNT], cl_coefs[BN_CL_COEFS * WIDTH];
+    for (int i = 0; i < COUNT; i++) {
+        x[i] = (i % 7) * 0.25 - 0.5;
+        dy[i] = (i % 5) * 0.5 - 1;
+    }
+    for (int level = 0; level <= (int)bn_simd_best_supported(); level++) {
+        bn_simd_select((bn_simd)level);
+        const bn_block_ops *ops = bn_block_ops_for(BN_FLOAT64);
+        for (int layout = 0; layout < 2; layout++) {
+            for (int i = 0; i < COUNT; i++)
+                out[i] = NAN;
+            if (layout == 0) {
+                ops->output(x, dy, out, ROWS, WIDTH, WIDTH, &k, terms, 0);
+            } else {
+                for (int c = 0; c < WIDTH; c++)
+                    ops->cl_set_coefs(&k, c, WIDTH, cl_coefs);
+                ops->cl_output(x, dy, out, ROWS, WIDTH, cl_coefs, terms);
+            }
+            for (int i = 0; i < COUNT; i++) {
+                /* exact: every value is a small multiple of 1/4 */
+                const double want = fmax(0.0, k.k_const + k.k_xmu * (x[i] - k.mean) + k.k_dy * dy[i]);
+                CHECK(out[i] == want, "%s unlisted terms, %s, out[%d] = %g, want %g", bn_simd_name((bn_simd)level),
+                      layout ? "channels-last" : "NCHW", i, out[i], want);
+            }
+        }
+    }
+    bn_simd_select(bn_simd_best_supported());
+}
+
 int main(void)
 {
     /* (N, C, S): odd sizes, rows shorter and longer than a SIMD chunk, tails, one
@@ -200,6 +237,7 @@ int main(void)
                     cases++;
                 }
     }
+    test_unlisted_terms();
     printf("test_kernels: %d cases, %ld checks passed (SIMD levels up to %s, float16 %s)\n", cases, checks,
            bn_simd_name(bn_simd_best_supported()), bn_dtype_supported(BN_FLOAT16) ? "yes" : "no");
     return 0;
