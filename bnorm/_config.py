@@ -7,7 +7,7 @@ from . import _core
 from ._version import __version__
 
 
-def config() -> dict:
+def config() -> dict[str, object]:
     """The version, the kernels' SIMD level (and the ones this CPU supports), and the thread count."""
     return {
         "bnorm": __version__,

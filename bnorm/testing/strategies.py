@@ -79,8 +79,8 @@ _SCALES = (1.0, 1e-3, 1e3, 0.1, 10.0, 1e-2, 100.0)
 _OFFSETS = (0.0, 1.0, -1.0, 3.0, -0.5, 100.0, -100.0, 1e4, -1e4)
 
 
-def _check_dtype(dtype):
-    dt = np.dtype(dtype)
+def _check_dtype(dtype: Any) -> np.dtype[Any]:
+    dt: np.dtype[Any] = np.dtype(dtype)
     if dt not in ALL_DTYPES:
         raise TypeError(f"dtype: expected one of {', '.join(d.name for d in ALL_DTYPES)}, got {dt}")
     return dt
