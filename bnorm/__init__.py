@@ -11,7 +11,8 @@ reference and the helpers for property-based tests.
 """
 try:
     # The compiled extension, first: every other module needs it.
-    from ._core import get_num_threads, set_num_threads, simd_path, supported_simd_paths
+    from ._core import (get_num_threads, set_num_threads, simd_level, simd_path, supported_simd_levels,
+                        supported_simd_paths)
 except ImportError as _missing:
     raise ImportError(
         f"bnorm's compiled extension bnorm._core cannot be imported ({_missing}). "
@@ -35,6 +36,8 @@ __all__ = [
     "show_config",
     "get_num_threads",
     "set_num_threads",
+    "simd_level",
+    "supported_simd_levels",
     "simd_path",
     "supported_simd_paths",
     "__version__",

@@ -7,15 +7,15 @@ from . import _core
 from ._version import __version__
 
 
-def config() -> dict:
-    """The version, the kernels' SIMD path (and the ones this CPU supports), and the thread count."""
+def config() -> dict[str, object]:
+    """The version, the kernels' SIMD level (and the ones this CPU supports), and the thread count."""
     return {
         "bnorm": __version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "simd_path": _core.simd_path(),
-        "supported_simd_paths": list(_core.supported_simd_paths()),
+        "simd_level": _core.simd_level(),
+        "supported_simd_levels": list(_core.supported_simd_levels()),
         "num_threads": _core.get_num_threads(),
     }
 

@@ -91,10 +91,11 @@ class _BatchNormBase(_core._BatchNorm):
         # Everything is checked before anything is assigned, so a bad dict changes nothing,
         # and everything is assigned at once, under the module's lock.
         new: dict[str, np.ndarray | None] = dict.fromkeys(["gamma", "beta", "running_mean", "running_var"])
-        pdt = np.dtype(np.float32) if self.dtype == np.float16 else self.dtype
         for key, array in arrays.items():
             if key != "num_batches_tracked":
-                new[self._state_keys()[key]] = np.ascontiguousarray(array.astype(pdt))
+                attr = self._state_keys()[key]
+                # the dtype of the module's own array (float32 for a float16 module)
+                new[attr] = np.ascontiguousarray(array.astype(getattr(self, attr).dtype))
         tracked = int(arrays["num_batches_tracked"]) if "num_batches_tracked" in arrays else None
         self._set_state(new["gamma"], new["beta"], new["running_mean"], new["running_var"], tracked)
 

@@ -1,8 +1,8 @@
-"""Kernel scheduling: thread counts, SIMD paths, the two schedules, streaming stores.
+"""Kernel scheduling: thread counts, SIMD levels, the two schedules, streaming stores.
 
-The kernels promise the same bits for every thread count and every SIMD path (block
+The kernels promise the same bits for every thread count and every SIMD level (block
 boundaries and merge orders depend only on the shape; no FMA contraction). These
-tests hold them to it, and check each path against the float64 reference.
+tests hold them to it, and check each level against the float64 reference.
 """
 import os
 
@@ -40,10 +40,10 @@ def run_training_step(x, dy, dtype):
 
 @pytest.fixture
 def restore_config():
-    threads, path = bnorm.get_num_threads(), bnorm.simd_path()
+    threads, level = bnorm.get_num_threads(), bnorm.simd_level()
     yield
     bnorm.set_num_threads(threads)
-    _core._select_simd_path(path)
+    _core._select_simd_level(level)
 
 
 def make_problem(shape, dtype, seed=0):
@@ -67,25 +67,25 @@ def test_bit_identical_for_every_thread_count(shape, dtype, restore_config):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
-def test_every_simd_path_gives_the_same_bits_and_the_reference(shape, dtype, restore_config):
+def test_every_simd_level_gives_the_same_bits_and_the_reference(shape, dtype, restore_config):
     x, dy = make_problem(shape, dtype)
-    paths = _core.supported_simd_paths()
-    assert paths[0] == "baseline"
+    levels = _core.supported_simd_levels()
+    assert levels[0] == "baseline"
     outputs = {}
-    for path in paths:
-        _core._select_simd_path(path)
-        assert bnorm.simd_path() == path
-        outputs[path] = run_training_step(x, dy, dtype)
+    for level in levels:
+        _core._select_simd_level(level)
+        assert bnorm.simd_level() == level
+        outputs[level] = run_training_step(x, dy, dtype)
     gamma, beta = make_params(shape[1], dtype)
     y_ref = reference.forward(x, gamma, beta)
     # The rounding of x itself is amplified by |x| / std (the offset of 50 over the
     # smallest channel scale), then scaled by gamma: a few roundings of that size.
     std = np.sqrt(reference.batch_stats(x)[1])
     tol = 8 * np.finfo(dtype).eps * (np.abs(x).max() / std.min() * np.abs(gamma).max() + np.abs(beta).max())
-    for path, results in outputs.items():
-        assert np.abs(results[0] - y_ref).max() <= tol, path
+    for level, results in outputs.items():
+        assert np.abs(results[0] - y_ref).max() <= tol, level
         for got, want in zip(results, outputs["baseline"]):
-            assert got.tobytes() == want.tobytes(), f"{path} differs from baseline"
+            assert got.tobytes() == want.tobytes(), f"{level} differs from baseline"
 
 
 def test_streamed_output_matches_the_reference():
@@ -102,18 +102,18 @@ def test_streamed_output_matches_the_reference():
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max())
 
 
-@pytest.mark.parametrize("path", _core.supported_simd_paths())
-def test_bnorm_simd_forces_a_path(run_python, path):
-    result = run_python("import bnorm; print(bnorm.simd_path())", BNORM_SIMD=path)
+@pytest.mark.parametrize("level", _core.supported_simd_levels())
+def test_bnorm_simd_forces_a_level(run_python, level):
+    result = run_python("import bnorm; print(bnorm.simd_level())", BNORM_SIMD=level)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == path
+    assert result.stdout.strip() == level
 
 
-def test_bnorm_simd_unknown_value_warns_and_keeps_the_best_path(run_python):
-    result = run_python("import warnings, bnorm; print(bnorm.simd_path())", BNORM_SIMD="sse9")
+def test_bnorm_simd_unknown_value_warns_and_keeps_the_best_level(run_python):
+    result = run_python("import warnings, bnorm; print(bnorm.simd_level())", BNORM_SIMD="sse9")
     assert result.returncode == 0, result.stderr
-    assert "unknown SIMD path sse9" in result.stderr
-    assert result.stdout.strip() == _core.supported_simd_paths()[-1]
+    assert "unknown SIMD level sse9" in result.stderr
+    assert result.stdout.strip() == _core.supported_simd_levels()[-1]
 
 
 def test_bnorm_num_threads_sets_the_default(run_python):
@@ -144,3 +144,8 @@ def test_forked_child_runs_a_forward(restore_config):
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_the_earlier_names_of_the_simd_level_functions_still_work():
+    assert bnorm.simd_path() == bnorm.simd_level()
+    assert bnorm.supported_simd_paths() == bnorm.supported_simd_levels()

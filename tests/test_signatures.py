@@ -58,5 +58,6 @@ def test_functional_and_top_level():
                                        "bias", "activation"]
     defaults = {n: p.default for n, p in bw_sig.parameters.items() if p.default is not p.empty}
     functional.batch_norm_backward(y, x, mean, invstd, **defaults)
-    for name in ["get_num_threads", "set_num_threads", "simd_path", "supported_simd_paths", "show_config"]:
+    for name in ["get_num_threads", "set_num_threads", "simd_level", "supported_simd_levels", "simd_path",
+                 "supported_simd_paths", "show_config"]:
         inspect.signature(getattr(bnorm, name))  # raises ValueError without a signature

@@ -53,6 +53,8 @@ from hypothesis import assume
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from .. import _core
+
 __all__ = [
     "Problem",
     "batch_norm_shapes",
@@ -63,9 +65,10 @@ __all__ = [
     "ALL_DTYPES",
 ]
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: Every dtype bnorm's modules take (float16 on every build: F16C or a software conversion).
-ALL_DTYPES = (np.dtype(np.float16),) + FLOAT_DTYPES
+#: Every dtype this build of bnorm takes (bnorm._core.DTYPES), narrowest first.
+ALL_DTYPES = tuple(sorted((np.dtype(name) for name in _core.DTYPES), key=lambda dt: dt.itemsize))
+#: The default of problems(): the dtypes of at least single precision (float32, float64).
+FLOAT_DTYPES = tuple(dt for dt in ALL_DTYPES if dt.itemsize >= 4)
 #: float16 channels whose values exceed this are scaled down by a power of two (which keeps
 #: ties, constants and ratios exact), so that they and their squares' sums stay finite.
 _FLOAT16_MAX_ABS = 2.0 ** 14
@@ -76,10 +79,10 @@ _SCALES = (1.0, 1e-3, 1e3, 0.1, 10.0, 1e-2, 100.0)
 _OFFSETS = (0.0, 1.0, -1.0, 3.0, -0.5, 100.0, -100.0, 1e4, -1e4)
 
 
-def _check_dtype(dtype):
-    dt = np.dtype(dtype)
+def _check_dtype(dtype: Any) -> np.dtype[Any]:
+    dt: np.dtype[Any] = np.dtype(dtype)
     if dt not in ALL_DTYPES:
-        raise TypeError(f"dtype: expected float16, float32 or float64, got {dt}")
+        raise TypeError(f"dtype: expected one of {', '.join(d.name for d in ALL_DTYPES)}, got {dt}")
     return dt
 
 

@@ -1,6 +1,8 @@
 /* Conversions and checks of NumPy arguments, shared by the module type and the
  * functional layer, so that both word their errors the same way. */
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "binding.h"
 
@@ -9,28 +11,75 @@ static PyObject *shape_tuple(PyArrayObject *x)
     return PyArray_IntTupleFromIntp(PyArray_NDIM(x), PyArray_SHAPE(x));
 }
 
-static const char *typenum_name(int typenum)
+/* NumPy's type number of each row of the dtype table (dtypes.h), looked up by the
+ * row's name at import (bn_init_dtypes); -1 for a row this build has no loops for. */
+static int typenums[BN_DTYPE_COUNT];
+/* The supported names for messages: "float32, float64 or float16". */
+static char dtype_list[BN_DTYPE_COUNT * 16];
+
+int bn_init_dtypes(void)
 {
-    return typenum == NPY_FLOAT ? "float32" : typenum == NPY_HALF ? "float16" : "float64";
+    int listed = 0, supported = 0;
+    for (int d = 0; d < BN_DTYPE_COUNT; d++)
+        supported += bn_dtype_supported((bn_dtype)d);
+    dtype_list[0] = '\0';
+    for (int d = 0; d < BN_DTYPE_COUNT; d++) {
+        typenums[d] = -1;
+        if (!bn_dtype_supported((bn_dtype)d))
+            continue;
+        PyArray_Descr *descr = NULL;
+        PyObject *name = PyUnicode_FromString(bn_dtype_name((bn_dtype)d));
+        const int found = name != NULL && PyArray_DescrConverter(name, &descr);
+        Py_XDECREF(name);
+        if (!found)
+            return -1;
+        typenums[d] = descr->type_num;
+        Py_DECREF(descr);
+        const char *separator = listed == 0 ? "" : listed == supported - 1 ? " or " : ", ";
+        const size_t used = strlen(dtype_list);
+        snprintf(dtype_list + used, sizeof dtype_list - used, "%s%s", separator, bn_dtype_name((bn_dtype)d));
+        listed++;
+    }
+    return 0;
 }
 
-int bn_param_typenum(int typenum) { return typenum == NPY_HALF ? NPY_FLOAT : typenum; }
+const char *bn_dtype_list(void) { return dtype_list; }
+
+PyObject *bn_dtype_names(void)
+{
+    PyObject *names = PyList_New(0);
+    for (int d = 0; names != NULL && d < BN_DTYPE_COUNT; d++) {
+        PyObject *name = typenums[d] < 0 ? NULL : PyUnicode_FromString(bn_dtype_name((bn_dtype)d));
+        if (typenums[d] >= 0 && (name == NULL || PyList_Append(names, name) < 0))
+            Py_CLEAR(names);
+        Py_XDECREF(name);
+    }
+    PyObject *tuple = names == NULL ? NULL : PyList_AsTuple(names);
+    Py_XDECREF(names);
+    return tuple;
+}
 
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype)
 {
-    if (typenum == NPY_FLOAT) {
-        *dtype = BN_FLOAT32;
-        return 0;
-    }
-    if (typenum == NPY_DOUBLE) {
-        *dtype = BN_FLOAT64;
-        return 0;
-    }
-    if (typenum == NPY_HALF && bn_float16_supported()) {
-        *dtype = BN_FLOAT16;
-        return 0;
-    }
+    for (int d = 0; d < BN_DTYPE_COUNT; d++)
+        if (typenums[d] >= 0 && typenums[d] == typenum) {
+            *dtype = (bn_dtype)d;
+            return 0;
+        }
     return -1;
+}
+
+/* The name of a supported type number (callers have checked it is one). */
+static const char *typenum_name(int typenum)
+{
+    bn_dtype dtype;
+    return bn_dtype_from_typenum(typenum, &dtype) == 0 ? bn_dtype_name(dtype) : "unsupported dtype";
+}
+
+int bn_param_typenum(int typenum)
+{
+    bn_dtype dtype;
+    return bn_dtype_from_typenum(typenum, &dtype) == 0 ? typenums[bn_param_dtype(dtype)] : typenum;
 }
 
 /* Duck-typed so that torch is never imported: a tensor has detach() and numpy(). */
@@ -55,7 +104,7 @@ PyArrayObject *bn_input_array(PyObject *obj, int typenum, const char *name)
     bn_dtype unused;
     if (bn_dtype_from_typenum(actual, &unused) < 0) {
         if (typenum < 0)
-            PyErr_Format(PyExc_TypeError, "%s: expected a float16, float32 or float64 array, got dtype %S", name,
+            PyErr_Format(PyExc_TypeError, "%s: expected a %s array, got dtype %S", name, bn_dtype_list(),
                          (PyObject *)descr);
         else
             PyErr_Format(PyExc_TypeError,

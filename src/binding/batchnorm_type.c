@@ -8,7 +8,6 @@
  * one module are serialised and calls on different modules run in parallel. The
  * lock is always waited for with the GIL released, so it cannot deadlock with it.
  */
-#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -93,7 +92,7 @@ static int dtype_converter(PyObject *obj, void *descr)
     if (PyArray_DescrConverter2(obj, descr))
         return 1;
     PyErr_Clear();
-    PyErr_Format(PyExc_TypeError, "dtype must be a NumPy dtype: np.float32, np.float64 or np.float16, got %R", obj);
+    PyErr_Format(PyExc_TypeError, "dtype must be a NumPy dtype (%s), got %R", bn_dtype_list(), obj);
     return 0;
 }
 
@@ -136,7 +135,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     int typenum = descr == NULL ? NPY_FLOAT : descr->type_num;
     bn_dtype dtype;
     if (bn_dtype_from_typenum(typenum, &dtype) < 0) {
-        PyErr_Format(PyExc_TypeError, "dtype must be float32, float64 or float16, got %S", (PyObject *)descr);
+        PyErr_Format(PyExc_TypeError, "dtype must be %s, got %S", bn_dtype_list(), (PyObject *)descr);
         goto fail;
     }
     self = (BatchNormObject *)type->tp_alloc(type, 0);
@@ -211,31 +210,26 @@ static void BatchNorm_dealloc(BatchNormObject *self)
 
 /* ---- forward ---- */
 
-static bn_status run_forward(BatchNormObject *self, PyArrayObject *x, PyArrayObject *y, int batch_stats)
+static bn_forward_call forward_call(BatchNormObject *self, PyArrayObject *x, PyArrayObject *y)
 {
-    const bn_dims dims = bn_dims_of(x);
-    const void *gamma = self->gamma ? PyArray_DATA(self->gamma) : NULL;
-    const void *beta = self->beta ? PyArray_DATA(self->beta) : NULL;
-    if (!batch_stats) {
-        bn_stats_from_running(self->dtype, dims.c, PyArray_DATA(self->running_mean),
-                              PyArray_DATA(self->running_var), self->eps, saved_mean(self), saved_invstd(self));
-        return bn_forward_eval(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, saved_mean(self),
-                               saved_invstd(self), self->relu);
-    }
-    bn_status status = bn_forward_train(self->dtype, dims, PyArray_DATA(x), PyArray_DATA(y), gamma, beta, self->eps,
-                                        self->relu, saved_mean(self), batch_var(self), saved_invstd(self));
-    if (status != BN_OK || !self->training || !self->track_running_stats)
-        return status;
-    /* PyTorch counts a batch even when it is empty, but leaves the statistics. */
-    if (self->num_batches_tracked < LLONG_MAX)
-        self->num_batches_tracked++;
-    const int64_t count = dims.n * dims.s;
-    if (count > 0) {
-        double m = isnan(self->momentum) ? 1.0 / (double)self->num_batches_tracked : self->momentum;
-        bn_update_running(self->dtype, dims.c, PyArray_DATA(self->running_mean), PyArray_DATA(self->running_var),
-                          saved_mean(self), batch_var(self), count, m);
-    }
-    return status;
+    return (bn_forward_call){
+        .dtype = self->dtype,
+        .dims = bn_dims_of(x),
+        .x = PyArray_DATA(x),
+        .y = PyArray_DATA(y),
+        .gamma = self->gamma ? PyArray_DATA(self->gamma) : NULL,
+        .beta = self->beta ? PyArray_DATA(self->beta) : NULL,
+        .eps = self->eps,
+        .relu = self->relu,
+        .training = self->training,
+        .running_mean = self->running_mean ? PyArray_DATA(self->running_mean) : NULL,
+        .running_var = self->running_var ? PyArray_DATA(self->running_var) : NULL,
+        .momentum = self->momentum,
+        .num_batches_tracked = &self->num_batches_tracked,
+        .mean = saved_mean(self),
+        .var = batch_var(self),
+        .invstd = saved_invstd(self),
+    };
 }
 
 static PyObject *BatchNorm_forward(BatchNormObject *self, PyObject *args, PyObject *kwargs)
@@ -256,7 +250,7 @@ static PyObject *BatchNorm_forward(BatchNormObject *self, PyObject *args, PyObje
     bn_memory_relation relation = bn_relate_memory(x, y);
 
     lock_module(self);
-    const int batch_stats = self->training || !self->track_running_stats;
+    const int batch_stats = bn_uses_batch_stats(self->training, self->running_mean != NULL);
     if (batch_stats && bn_check_batch_size(x) < 0)
         goto unlock;
     if (relation == BN_PARTIAL_OVERLAP || (relation == BN_SAME_MEMORY && self->training)) {
@@ -265,8 +259,9 @@ static PyObject *BatchNorm_forward(BatchNormObject *self, PyObject *args, PyObje
                         : "out: cannot be the input in training mode, since backward needs the input");
         goto unlock;
     }
+    const bn_forward_call call = forward_call(self, x, y);
     bn_status status;
-    BN_WITHOUT_GIL(status, run_forward(self, x, y, batch_stats));
+    BN_WITHOUT_GIL(status, bn_run_forward(&call));
     previous_input = self->saved_input;
     if (bn_raise_status(status) < 0) {
         self->saved_input = NULL;

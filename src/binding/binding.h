@@ -19,9 +19,17 @@
 
 /* ---- arrays.c: argument checks with messages that say what was expected ---- */
 
-/* The kernel dtype of a NumPy type number; -1 if it is not float16 (where the
- * build supports it), float32 or float64. */
+/* Looks up the NumPy type number of each supported row of the dtype table
+ * (dtypes.h) by its name; once, at import, before anything below is used. */
+int bn_init_dtypes(void);
+
+/* The kernel dtype of a NumPy type number; -1 if this build has no kernels for it. */
 int bn_dtype_from_typenum(int typenum, bn_dtype *dtype);
+
+/* The supported dtype names, for messages ("float32, float64 or float16"), and as a
+ * new tuple of str (bnorm._core.DTYPES). */
+const char *bn_dtype_list(void);
+PyObject *bn_dtype_names(void);
 
 /* The type of parameters, running statistics and their gradients for data of
  * type `typenum`: float32 for float16 data, else the same. */
@@ -67,6 +75,36 @@ bn_memory_relation bn_relate_memory(PyArrayObject *a, PyArrayObject *b);
  * PyArray_ResolveWritebackIfCopy (or Discard) on it before releasing it. */
 int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *name, int in_place,
                    PyArrayObject **result);
+
+/* ---- policy.c: which statistics a forward uses and what it does to the running ones ---- */
+
+/* Whether a forward normalises with the batch's statistics: when training, or when
+ * there are no running statistics to use (PyTorch's rule). */
+int bn_uses_batch_stats(int training, int has_running_stats);
+
+/* A forward call of the module type or the functional layer. */
+typedef struct {
+    bn_dtype dtype;
+    bn_dims dims;
+    const void *x;
+    void *y;
+    const void *gamma, *beta; /* NULL: 1 and 0 */
+    double eps;
+    int relu, training;
+    /* the running statistics (parameter dtype), both NULL when none are kept; read
+     * in eval mode, updated in training mode */
+    void *running_mean, *running_var;
+    /* weight of the new batch; NAN (momentum=None): the cumulative average over
+     * *num_batches_tracked, which then must not be NULL */
+    double momentum;
+    long long *num_batches_tracked; /* counted up by each training forward; NULL: not kept */
+    double *mean, *var, *invstd;    /* out: the statistics used (var: the batch's) */
+} bn_forward_call;
+
+/* Runs the forward with the statistics bn_uses_batch_stats chooses, and in training
+ * mode updates the running statistics (an empty batch is counted but leaves them, as
+ * in PyTorch). Plain C: call it with the GIL released. */
+bn_status bn_run_forward(const bn_forward_call *call);
 
 /* ---- batchnorm_type.c ---- */
 extern PyType_Spec bn_batchnorm_spec;

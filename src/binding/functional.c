@@ -86,7 +86,7 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
         PyErr_SetString(PyExc_ValueError, "running_mean and running_var must be given together");
         goto done;
     }
-    const int batch_stats = training || rm == NULL;
+    const int batch_stats = bn_uses_batch_stats(training, rm != NULL);
     if (batch_stats && bn_check_batch_size(x) < 0)
         goto done;
     if ((y = bn_output_array(out_obj, x, "out")) == NULL)
@@ -98,24 +98,25 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
     if ((mean = new_stats_vector(channels)) == NULL || (invstd = new_stats_vector(channels)) == NULL ||
         (var = new_stats_vector(channels)) == NULL)
         goto done;
-    bn_dtype dtype;
-    bn_dtype_from_typenum(typenum, &dtype);
-    const bn_dims dims = bn_dims_of(x);
-    const void *w = weight ? PyArray_DATA(weight) : NULL, *b = bias ? PyArray_DATA(bias) : NULL;
-    double *mean_p = PyArray_DATA(mean), *invstd_p = PyArray_DATA(invstd), *var_p = PyArray_DATA(var);
-    bn_status status = BN_OK;
-    Py_BEGIN_ALLOW_THREADS
-    if (batch_stats) {
-        status = bn_forward_train(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, eps, relu, mean_p, var_p,
-                                  invstd_p);
-        if (status == BN_OK && training && rm != NULL && dims.n * dims.s > 0)
-            bn_update_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), mean_p, var_p, dims.n * dims.s,
-                              momentum);
-    } else {
-        bn_stats_from_running(dtype, dims.c, PyArray_DATA(rm), PyArray_DATA(rv), eps, mean_p, invstd_p);
-        status = bn_forward_eval(dtype, dims, PyArray_DATA(x), PyArray_DATA(y), w, b, mean_p, invstd_p, relu);
-    }
-    Py_END_ALLOW_THREADS
+    bn_forward_call call = {
+        .dims = bn_dims_of(x),
+        .x = PyArray_DATA(x),
+        .y = PyArray_DATA(y),
+        .gamma = weight ? PyArray_DATA(weight) : NULL,
+        .beta = bias ? PyArray_DATA(bias) : NULL,
+        .eps = eps,
+        .relu = relu,
+        .training = training,
+        .running_mean = rm ? PyArray_DATA(rm) : NULL,
+        .running_var = rv ? PyArray_DATA(rv) : NULL,
+        .momentum = momentum, /* not NAN: refused above, there is no num_batches_tracked */
+        .mean = PyArray_DATA(mean),
+        .var = PyArray_DATA(var),
+        .invstd = PyArray_DATA(invstd),
+    };
+    bn_dtype_from_typenum(typenum, &call.dtype);
+    bn_status status;
+    BN_WITHOUT_GIL(status, bn_run_forward(&call));
     if (bn_raise_status(status) == 0)
         result = PyTuple_Pack(3, y, mean, invstd);
 done:

@@ -43,24 +43,24 @@ static PyObject *get_num_threads(PyObject *Py_UNUSED(module), PyObject *Py_UNUSE
     return PyLong_FromLong(bn_pool_get_threads());
 }
 
-static PyObject *simd_path(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+static PyObject *simd_level(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     return PyUnicode_FromString(bn_simd_name(bn_simd_selected()));
 }
 
-static PyObject *supported_simd_paths(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+static PyObject *supported_simd_levels(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     const bn_simd best = bn_simd_best_supported();
-    PyObject *paths = PyTuple_New(best + 1);
-    for (int i = 0; paths != NULL && i <= (int)best; i++) {
+    PyObject *levels = PyTuple_New(best + 1);
+    for (int i = 0; levels != NULL && i <= (int)best; i++) {
         PyObject *name = PyUnicode_FromString(bn_simd_name((bn_simd)i));
         if (name == NULL) {
-            Py_CLEAR(paths);
+            Py_CLEAR(levels);
             break;
         }
-        PyTuple_SET_ITEM(paths, i, name);
+        PyTuple_SET_ITEM(levels, i, name);
     }
-    return paths;
+    return levels;
 }
 
 /* Selects a level by name; returns -1 with ValueError if unknown or unsupported. */
@@ -69,11 +69,11 @@ static int select_simd(const char *name, const char *origin)
     const int level = bn_simd_parse(name);
     const bn_simd best = bn_simd_best_supported();
     if (level < 0) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown SIMD path %s; expected baseline, avx2 or avx512", origin, name);
+        PyErr_Format(PyExc_ValueError, "%s: unknown SIMD level %s; expected baseline, avx2 or avx512", origin, name);
         return -1;
     }
     if (level > (int)best) {
-        PyErr_Format(PyExc_ValueError, "%s: this CPU does not support the %s path (best supported: %s)", origin,
+        PyErr_Format(PyExc_ValueError, "%s: this CPU does not support the %s level (best supported: %s)", origin,
                      name, bn_simd_name(best));
         return -1;
     }
@@ -81,10 +81,10 @@ static int select_simd(const char *name, const char *origin)
     return 0;
 }
 
-static PyObject *select_simd_path(PyObject *Py_UNUSED(module), PyObject *arg)
+static PyObject *select_simd_level(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     const char *name = PyUnicode_AsUTF8(arg);
-    if (name == NULL || select_simd(name, "_select_simd_path") < 0)
+    if (name == NULL || select_simd(name, "_select_simd_level") < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -94,12 +94,16 @@ static PyMethodDef config_methods[] = {
      "set_num_threads(n, /)\n--\n\nUse up to n threads (the caller included) in each kernel call."},
     {"get_num_threads", get_num_threads, METH_NOARGS,
      "get_num_threads()\n--\n\nThe number of threads a kernel call may use."},
-    {"simd_path", simd_path, METH_NOARGS,
-     "simd_path()\n--\n\nThe instruction-set level of the kernels in use: baseline, avx2 or avx512."},
-    {"supported_simd_paths", supported_simd_paths, METH_NOARGS,
-     "supported_simd_paths()\n--\n\nThe levels this CPU supports, lowest first."},
-    {"_select_simd_path", select_simd_path, METH_O,
-     "_select_simd_path(name, /)\n--\n\nSwitch the kernels' instruction-set level (for tests)."},
+    {"simd_level", simd_level, METH_NOARGS,
+     "simd_level()\n--\n\nThe SIMD (instruction-set) level of the kernels in use: baseline, avx2 or avx512."},
+    {"supported_simd_levels", supported_simd_levels, METH_NOARGS,
+     "supported_simd_levels()\n--\n\nThe SIMD levels this CPU supports, lowest first."},
+    /* the names of bnorm 0.1, kept working */
+    {"simd_path", simd_level, METH_NOARGS, "simd_path()\n--\n\nThe earlier name of simd_level()."},
+    {"supported_simd_paths", supported_simd_levels, METH_NOARGS,
+     "supported_simd_paths()\n--\n\nThe earlier name of supported_simd_levels()."},
+    {"_select_simd_level", select_simd_level, METH_O,
+     "_select_simd_level(name, /)\n--\n\nSwitch the kernels' SIMD level (for tests)."},
     {NULL},
 };
 
@@ -145,7 +149,13 @@ static int init_threads(void)
 
 static int module_exec(PyObject *module)
 {
-    if (PyArray_ImportNumPyAPI() < 0)
+    if (PyArray_ImportNumPyAPI() < 0 || bn_init_dtypes() < 0)
+        return -1;
+    /* the dtype names this build takes, in the order of the dtype table */
+    PyObject *dtypes = bn_dtype_names();
+    const int added = dtypes == NULL ? -1 : PyModule_AddObjectRef(module, "DTYPES", dtypes);
+    Py_XDECREF(dtypes);
+    if (added < 0)
         return -1;
     bn_module_state *state = module_state(module);
     state->batchnorm_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bn_batchnorm_spec, NULL);

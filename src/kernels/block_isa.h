@@ -1,7 +1,8 @@
 /*
  * One instruction-set level of the block loops. Each bn_block_<level>.c defines
  * BN_LEVEL and includes this file; setup.py compiles it with that level's -m flags.
- * The template is instantiated for float and double and collected into a table.
+ * The template is instantiated for each storage type of the dtype table (dtypes.h),
+ * and the instantiations are collected into a table indexed by bn_dtype.
  */
 #include "block_ops.h"
 
@@ -58,15 +59,15 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 /* Conversions between elements and the type loops compute in (see
  * block_template.h). float and double compute in their own type: chunks are the
  * elements themselves, read and written in place. */
-#define BN_SAME_WIDE_CHUNK(v, p) const BN_WORK *v = (p)
-#define BN_SAME_OUT_CHUNK(o, p) BN_WORK *o = (p)
+#define BN_SAME_WIDE_CHUNK(v, p) const BN_COMPUTE *v = (p)
+#define BN_SAME_OUT_CHUNK(o, p) BN_COMPUTE *o = (p)
 #define BN_SAME_OUT_CHUNK_STORE(o, p) (void)(o)
-#define BN_CAST_WIDEN1(p) ((BN_WORK) * (p))
+#define BN_CAST_WIDEN1(p) ((BN_COMPUTE) * (p))
 #define BN_CAST_NARROW1(p, v) (*(p) = (BN_T)(v))
 
 #define BN_T float
 #define BN_NAME(op) BN_EXPAND3(op, f32, BN_LEVEL)
-#define BN_WORK float
+#define BN_COMPUTE float
 #define BN_WIDE_CHUNK BN_SAME_WIDE_CHUNK
 #define BN_OUT_CHUNK BN_SAME_OUT_CHUNK
 #define BN_OUT_CHUNK_STORE BN_SAME_OUT_CHUNK_STORE
@@ -77,17 +78,18 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_ZERO_BELOW
+#define BN_OPS_f32 BN_OPS_ENTRY(f32)
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
-#define BN_WORK double
+#define BN_COMPUTE double
 #define BN_ZERO_BELOW 0.0
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_ZERO_BELOW
 #undef BN_CHUNKED_TAILS
 #undef BN_WIDE_CHUNK
@@ -95,8 +97,9 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #undef BN_OUT_CHUNK_STORE
 #undef BN_WIDEN1
 #undef BN_NARROW1
+#define BN_OPS_f64 BN_OPS_ENTRY(f64)
 
-#if defined(__FLT16_MAX__)
+#if BN_HAVE_FLOAT16
 /* float16 is computed in float (it has 11 bits). Conversions use F16C where the
  * level has it: the vector instructions for chunks, the scalar ones for single
  * elements (GCC would otherwise convert float16 to double through a library call). */
@@ -149,9 +152,9 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #endif
 }
 
-#define BN_T _Float16
+#define BN_T bn_float16
 #define BN_NAME(op) BN_EXPAND3(op, f16, BN_LEVEL)
-#define BN_WORK float
+#define BN_COMPUTE float
 #define BN_WIDE_CHUNK(v, p)                                                             \
     float v##_converted[BN_LANES];                                                      \
     bn_f16_widen_lanes(v##_converted, p);                                               \
@@ -167,7 +170,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
-#undef BN_WORK
+#undef BN_COMPUTE
 #undef BN_WIDE_CHUNK
 #undef BN_OUT_CHUNK
 #undef BN_OUT_CHUNK_STORE
@@ -175,12 +178,13 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #undef BN_NARROW1
 #undef BN_ZERO_BELOW
 #undef BN_CHUNKED_TAILS
-#define BN_F16_ENTRY BN_TABLE_ENTRY(f16)
+#define BN_OPS_f16 BN_OPS_ENTRY(f16)
 #else
-#define BN_F16_ENTRY {0}
+#define BN_OPS_f16 {0} /* no loops: bn_dtype_supported(BN_FLOAT16) is 0 */
 #endif
 
-#define BN_TABLE_ENTRY(suffix)                                                                  \
+/* The table entry of the loops instantiated with `suffix`. */
+#define BN_OPS_ENTRY(suffix)                                                                  \
     {                                                                                           \
         .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), \
         .grad_sums = BN_EXPAND3(grad_sums, suffix, BN_LEVEL),                                   \
@@ -188,11 +192,15 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
         .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
-        .cl_set_work_coefs = BN_EXPAND3(cl_set_work_coefs, suffix, BN_LEVEL),                   \
+        .cl_set_coefs = BN_EXPAND3(cl_set_coefs, suffix, BN_LEVEL),                   \
         .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
     }
 
 #define BN_PASTE_TABLE(level) bn_ops_##level
 #define BN_TABLE_NAME(level) BN_PASTE_TABLE(level)
 
-const bn_block_ops BN_TABLE_NAME(BN_LEVEL)[BN_DTYPE_COUNT] = {BN_TABLE_ENTRY(f32), BN_TABLE_ENTRY(f64), BN_F16_ENTRY};
+/* One entry per row of the dtype table: BN_OPS_<SUFFIX>, defined above by the row's
+ * instantiation (a row without one does not compile). */
+#define BN_OPS_ROW(ID, NAME, SUFFIX, STORAGE, PARAM) [ID] = BN_OPS_##SUFFIX,
+const bn_block_ops BN_TABLE_NAME(BN_LEVEL)[BN_DTYPE_COUNT] = {BN_FOR_EACH_DTYPE(BN_OPS_ROW)};
+#undef BN_OPS_ROW

@@ -22,9 +22,9 @@ typedef struct {
 } bn_coefs;
 
 /* Channels-last output and gradient loops read the coefficients converted to the
- * type they compute in, as this many vectors over channels (cl_set_work_coefs);
- * a buffer of BN_WORK_COEFS * C doubles holds them for every dtype. */
-#define BN_WORK_COEFS 7
+ * type they compute in, as this many vectors over channels (cl_set_coefs);
+ * a buffer of BN_CL_COEFS * C doubles holds them for every dtype. */
+#define BN_CL_COEFS 7
 
 /* Which terms an output loop computes. */
 enum { BN_USE_X = 1, BN_USE_DY = 2, BN_RELU_CLAMP = 4, BN_RELU_MASK = 8 };
@@ -54,11 +54,11 @@ typedef struct {
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
     void (*cl_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
                             double *sum_d2);
-    /* channel c's coefficients into `work` (BN_WORK_COEFS vectors of `channels`) */
-    void (*cl_set_work_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *work);
+    /* channel c's coefficients into `cl_coefs` (BN_CL_COEFS vectors of `channels`) */
+    void (*cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefs);
     void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
-                         const void *work, int relu_mask, double *sum_dy, double *sum_dy_xmu);
-    void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels, const void *work,
+                         const void *cl_coefs, int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels, const void *cl_coefs,
                       int terms);
 } bn_block_ops;
 

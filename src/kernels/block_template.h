@@ -2,16 +2,16 @@
  * Type-generic block loops, included once per element type by block_isa.h:
  *   BN_T                    the element type (float, double, _Float16)
  *   BN_NAME(op)             op decorated with the type and the level
- *   BN_WORK                 the type output loops compute in (float for float32 and
+ *   BN_COMPUTE              the type output loops compute in (float for float32 and
  *                           float16 data, double for float64)
- *   BN_WIDE_CHUNK(v, p)     declares `const BN_WORK *v`: the BN_LANES elements at p
- *                           as BN_WORK (p itself where BN_T is BN_WORK, else a
+ *   BN_WIDE_CHUNK(v, p)     declares `const BN_COMPUTE *v`: the BN_LANES elements at p
+ *                           as BN_COMPUTE (p itself where BN_T is BN_COMPUTE, else a
  *                           converted copy)
- *   BN_OUT_CHUNK(o, p)      declares `BN_WORK *o` for BN_LANES results bound for p;
+ *   BN_OUT_CHUNK(o, p)      declares `BN_COMPUTE *o` for BN_LANES results bound for p;
  *   BN_OUT_CHUNK_STORE(o, p)  then rounds them into p (nothing to do where BN_T is
- *                           BN_WORK: o was p)
- *   BN_WIDEN1(p), BN_NARROW1(p, v)   one element to BN_WORK and back
- *   BN_ZERO_BELOW           the largest BN_WORK value that rounds to an element <= 0
+ *                           BN_COMPUTE: o was p)
+ *   BN_WIDEN1(p), BN_NARROW1(p, v)   one element to BN_COMPUTE and back
+ *   BN_ZERO_BELOW           the largest BN_COMPUTE value that rounds to an element <= 0
  *   BN_CHUNKED_TAILS        1 to end rows with an overlapping chunk (see sum_chunk)
  * Every loop converts whole chunks of BN_LANES elements, then the rest one by one:
  * the chunk conversions are where float16 uses F16C's vector instructions (a
@@ -74,7 +74,7 @@ static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, doub
         acc_d2[j] += d[j] * d[j];
 }
 
-/* Sums of d = x - shift and of d^2. For float64 data (BN_WORK double) with the
+/* Sums of d = x - shift and of d^2. For float64 data (BN_COMPUTE double) with the
  * block's mean as the shift these are the centred sums of a two-pass variance. For
  * float32 and float16 data, in one pass with a value of the block as the shift: d is
  * formed in double, where the difference of two float16 values is always exact and
@@ -107,25 +107,25 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
     *sum_d2 = bn_combine_lanes(acc_d2);
 }
 
-/* ---- per-element formulas, on BN_WORK values ----
+/* ---- per-element formulas, on BN_COMPUTE values ----
  *
- * Output loops compute in BN_WORK: a float32 output needs no double arithmetic if
+ * Output loops compute in BN_COMPUTE: a float32 output needs no double arithmetic if
  * x - mean keeps the precision of the double mean, which the split
  * mean = mean_hi + mean_lo gives ((x - mean_hi) is exact near the mean, and mean_lo
- * restores what rounding mean to BN_WORK lost). */
+ * restores what rounding mean to BN_COMPUTE lost). */
 typedef struct {
-    BN_WORK mean_hi, mean_lo, k_dy, k_xmu, k_const, relu_scale, relu_shift;
-} BN_NAME(work_coefs);
+    BN_COMPUTE mean_hi, mean_lo, k_dy, k_xmu, k_const, relu_scale, relu_shift;
+} BN_NAME(compute_coefs);
 
-static inline BN_NAME(work_coefs) BN_NAME(to_work)(const bn_coefs *k)
+static inline BN_NAME(compute_coefs) BN_NAME(to_compute)(const bn_coefs *k)
 {
-    const BN_WORK mean_hi = (BN_WORK)k->mean;
-    return (BN_NAME(work_coefs)){mean_hi,           (BN_WORK)(k->mean - (double)mean_hi), (BN_WORK)k->k_dy,
-                                 (BN_WORK)k->k_xmu, (BN_WORK)k->k_const,                  (BN_WORK)k->relu_scale,
-                                 (BN_WORK)k->relu_shift};
+    const BN_COMPUTE mean_hi = (BN_COMPUTE)k->mean;
+    return (BN_NAME(compute_coefs)){mean_hi,           (BN_COMPUTE)(k->mean - (double)mean_hi), (BN_COMPUTE)k->k_dy,
+                                 (BN_COMPUTE)k->k_xmu, (BN_COMPUTE)k->k_const,                  (BN_COMPUTE)k->relu_scale,
+                                 (BN_COMPUTE)k->relu_shift};
 }
 
-static inline BN_WORK BN_NAME(centered)(BN_WORK x, const BN_NAME(work_coefs) *w)
+static inline BN_COMPUTE BN_NAME(centered)(BN_COMPUTE x, const BN_NAME(compute_coefs) *w)
 {
     return (x - w->mean_hi) - w->mean_lo;
 }
@@ -133,30 +133,30 @@ static inline BN_WORK BN_NAME(centered)(BN_WORK x, const BN_NAME(work_coefs) *w)
 /* Whether the forward's ReLU let this element through (its output > 0, PyTorch's
  * threshold_backward): the forward's pre-activation recomputed with the forward's
  * operations in the forward's order, instead of keeping the output. */
-static inline int BN_NAME(relu_passes)(BN_WORK centered, const BN_NAME(work_coefs) *w)
+static inline int BN_NAME(relu_passes)(BN_COMPUTE centered, const BN_NAME(compute_coefs) *w)
 {
     return w->relu_shift + w->relu_scale * centered > BN_ZERO_BELOW;
 }
 
 /* dy, or 0 where the forward's ReLU output was 0. */
-static inline BN_WORK BN_NAME(masked_dy)(BN_WORK x, BN_WORK dy, int relu_mask, const BN_NAME(work_coefs) *w)
+static inline BN_COMPUTE BN_NAME(masked_dy)(BN_COMPUTE x, BN_COMPUTE dy, int relu_mask, const BN_NAME(compute_coefs) *w)
 {
     return relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered)(x, w), w) ? 0 : dy;
 }
 
 /* One output value; see bn_coefs. Terms left out are not read, so a NaN in x
  * cannot reach an eval-mode gradient, which does not depend on x. */
-static inline BN_WORK BN_NAME(output_value)(BN_WORK x, BN_WORK dy, int terms, const BN_NAME(work_coefs) *w)
+static inline BN_COMPUTE BN_NAME(output_value)(BN_COMPUTE x, BN_COMPUTE dy, int terms, const BN_NAME(compute_coefs) *w)
 {
-    BN_WORK centered = 0;
+    BN_COMPUTE centered = 0;
     if (terms & (BN_USE_X | BN_RELU_MASK))
         centered = BN_NAME(centered)(x, w);
-    BN_WORK value = w->k_const;
+    BN_COMPUTE value = w->k_const;
     if (terms & BN_USE_X)
         value = w->k_const + w->k_xmu * centered;
     if (terms & BN_USE_DY) {
         const int passes = !(terms & BN_RELU_MASK) || BN_NAME(relu_passes)(centered, w);
-        value += passes ? w->k_dy * dy : (BN_WORK)0;
+        value += passes ? w->k_dy * dy : (BN_COMPUTE)0;
     }
     if ((terms & BN_RELU_CLAMP) && value < 0)
         value = 0;
@@ -166,7 +166,7 @@ static inline BN_WORK BN_NAME(output_value)(BN_WORK x, BN_WORK dy, int terms, co
 /* ---- channel-major (NCHW) blocks ---- */
 
 static inline void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
-                                            double mean, const BN_NAME(work_coefs) *w, double acc_g[BN_LANES],
+                                            double mean, const BN_NAME(compute_coefs) *w, double acc_g[BN_LANES],
                                             double acc_gx[BN_LANES])
 {
     BN_WIDE_CHUNK(xv, x);
@@ -186,7 +186,7 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
 {
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     const double mean = k->mean;
-    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
+    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
         int64_t i = 0;
@@ -197,7 +197,7 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
             BN_NAME(grad_sums_chunk)(xr + last, gr + last, BN_LANES - (width - i), relu_mask, mean, &w, acc_g, acc_gx);
         } else {
             for (int j = 0; i + j < width; j++) {
-                const BN_WORK xi = BN_WIDEN1(xr + i + j);
+                const BN_COMPUTE xi = BN_WIDEN1(xr + i + j);
                 const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i + j), relu_mask, &w);
                 acc_g[j] += g;
                 acc_gx[j] += g * ((double)xi - mean);
@@ -218,16 +218,16 @@ static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int6
 }
 
 static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
-                                       const BN_NAME(work_coefs) *w)
+                                       const BN_NAME(compute_coefs) *w)
 {
-    const BN_WORK xi = terms & (BN_USE_X | BN_RELU_MASK) ? BN_WIDEN1(x) : 0;
-    const BN_WORK di = terms & BN_USE_DY ? BN_WIDEN1(dy) : 0;
+    const BN_COMPUTE xi = terms & (BN_USE_X | BN_RELU_MASK) ? BN_WIDEN1(x) : 0;
+    const BN_COMPUTE di = terms & BN_USE_DY ? BN_WIDEN1(dy) : 0;
     BN_NARROW1(out, BN_NAME(output_value)(xi, di, terms, w));
 }
 
 /* Unread inputs (see output_value) are dead code once terms is a constant. */
 static inline void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
-                                         const BN_NAME(work_coefs) *w)
+                                         const BN_NAME(compute_coefs) *w)
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
@@ -242,7 +242,7 @@ static inline void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *ou
  * much larger than the cache would otherwise evict the input still to be read, and
  * cost a read of each line before it is written. */
 static inline void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t i, int64_t end,
-                                          const BN_NAME(work_coefs) *w, int terms, int stream)
+                                          const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
     for (; i < end; i += BN_LANES) {
@@ -262,7 +262,7 @@ static inline void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *o
  * chunked tails (see sum_chunk) the first and the rest come from chunks at the
  * row's start and end, computed before anything is written. */
 static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
-                                       const BN_NAME(work_coefs) *w, int terms, int stream)
+                                       const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     int64_t head = 0;
     if (stream)
@@ -302,7 +302,7 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
 {
     const BN_T *x = xv, *dy = dyv;
     BN_T *out = outv;
-    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
+    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
     /* the switch outside the row loop: rows can be as short as a few elements. A
      * NULL dy is never read (no BN_USE_DY); x + offset stands in for it. A
      * combination missing from BN_FOR_EACH_TERMS takes the default: correct, only
@@ -329,28 +329,28 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
 /* ---- channels-last blocks: `rows` rows of `channels` contiguous values, one per
  * channel. Each channel accumulates its rows in order, so vectorising across
  * channels changes no result. Output and gradient loops read their coefficients as
- * BN_WORK vectors over channels (BN_WORK_COEFS of them, in work_coefs' order),
- * converted once per channel by cl_set_work_coefs. */
+ * BN_COMPUTE vectors over channels (BN_CL_COEFS of them, in compute_coefs' order),
+ * converted once per channel by cl_set_coefs. */
 
-static void BN_NAME(cl_set_work_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *workv)
+static void BN_NAME(cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefsv)
 {
-    BN_WORK *work = workv;
-    const BN_NAME(work_coefs) w = BN_NAME(to_work)(k);
-    const BN_WORK values[BN_WORK_COEFS] = {w.mean_hi, w.mean_lo, w.k_dy, w.k_xmu, w.k_const, w.relu_scale,
+    BN_COMPUTE *cl_coefs = cl_coefsv;
+    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
+    const BN_COMPUTE values[BN_CL_COEFS] = {w.mean_hi, w.mean_lo, w.k_dy, w.k_xmu, w.k_const, w.relu_scale,
                                            w.relu_shift};
-    for (int i = 0; i < BN_WORK_COEFS; i++)
-        work[i * channels + c] = values[i];
+    for (int i = 0; i < BN_CL_COEFS; i++)
+        cl_coefs[i * channels + c] = values[i];
 }
 
-static inline BN_NAME(work_coefs) BN_NAME(cl_work_coefs_at)(const BN_WORK *work, int64_t channels, int64_t c)
+static inline BN_NAME(compute_coefs) BN_NAME(cl_coefs_at)(const BN_COMPUTE *cl_coefs, int64_t channels, int64_t c)
 {
-    return (BN_NAME(work_coefs)){work[c],
-                                 work[channels + c],
-                                 work[2 * channels + c],
-                                 work[3 * channels + c],
-                                 work[4 * channels + c],
-                                 work[5 * channels + c],
-                                 work[6 * channels + c]};
+    return (BN_NAME(compute_coefs)){cl_coefs[c],
+                                 cl_coefs[channels + c],
+                                 cl_coefs[2 * channels + c],
+                                 cl_coefs[3 * channels + c],
+                                 cl_coefs[4 * channels + c],
+                                 cl_coefs[5 * channels + c],
+                                 cl_coefs[6 * channels + c]};
 }
 
 static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, double *sum)
@@ -398,7 +398,7 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
 }
 
 static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
-                                              const double *mean, const BN_WORK *work, int relu_mask,
+                                              const double *mean, const BN_COMPUTE *cl_coefs, int relu_mask,
                                               double *sum_dy, double *sum_dy_xmu)
 {
     for (int64_t c = 0; c < channels; c++)
@@ -410,15 +410,15 @@ static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int
             BN_WIDE_CHUNK(xv, xr + c);
             BN_WIDE_CHUNK(dv, gr + c);
             for (int j = 0; j < BN_LANES; j++) {
-                const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c + j);
+                const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c + j);
                 const double g = (double)BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, &w);
                 sum_dy[c + j] += g;
                 sum_dy_xmu[c + j] += g * ((double)xv[j] - mean[c + j]);
             }
         }
         for (; c < channels; c++) {
-            const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c);
-            const BN_WORK xi = BN_WIDEN1(xr + c);
+            const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c);
+            const BN_COMPUTE xi = BN_WIDEN1(xr + c);
             const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + c), relu_mask, &w);
             sum_dy[c] += g;
             sum_dy_xmu[c] += g * ((double)xi - mean[c]);
@@ -427,17 +427,17 @@ static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int
 }
 
 static void BN_NAME(cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels,
-                                  const double *mean, const void *work, int relu_mask, double *sum_dy,
+                                  const double *mean, const void *cl_coefs, int relu_mask, double *sum_dy,
                                   double *sum_dy_xmu)
 {
     if (relu_mask)
-        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, work, 1, sum_dy, sum_dy_xmu);
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, cl_coefs, 1, sum_dy, sum_dy_xmu);
     else
-        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, work, 0, sum_dy, sum_dy_xmu);
+        BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, cl_coefs, 0, sum_dy, sum_dy_xmu);
 }
 
 static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
-                                           int64_t channels, const BN_WORK *work, int terms)
+                                           int64_t channels, const BN_COMPUTE *cl_coefs, int terms)
 {
     for (int64_t r = 0; r < rows; r++) {
         const int64_t at = r * channels;
@@ -447,20 +447,20 @@ static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *
             BN_WIDE_CHUNK(dv, dy + at + c);
             BN_OUT_CHUNK(o, out + at + c);
             for (int j = 0; j < BN_LANES; j++) {
-                const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c + j);
+                const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c + j);
                 o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, &w);
             }
             BN_OUT_CHUNK_STORE(o, out + at + c);
         }
         for (; c < channels; c++) {
-            const BN_NAME(work_coefs) w = BN_NAME(cl_work_coefs_at)(work, channels, c);
+            const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c);
             BN_NAME(output_one)(x + at + c, dy + at + c, out + at + c, terms, &w);
         }
     }
 }
 
 static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64_t rows, int64_t channels,
-                               const void *work, int terms)
+                               const void *cl_coefs, int terms)
 {
     const BN_T *x = xv, *dy = dyv ? (const BN_T *)dyv : x; /* a NULL dy is never read */
     /* as in output: a combination missing from BN_FOR_EACH_TERMS is computed
@@ -468,11 +468,11 @@ static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64
     switch (terms) {
 #define BN_CL_CASE(t)                                                   \
     case t:                                                             \
-        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, work, t);   \
+        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, cl_coefs, t);   \
         break;
         BN_FOR_EACH_TERMS(BN_CL_CASE)
 #undef BN_CL_CASE
     default:
-        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, work, terms);
+        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, cl_coefs, terms);
     }
 }

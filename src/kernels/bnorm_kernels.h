@@ -16,11 +16,9 @@
 
 #include <stdint.h>
 
-/* The dtype of the data (x, y, dy, dx). float32 and float64 data have parameters,
- * running statistics and parameter gradients of the same dtype; float16 data has
- * them in float32 (PyTorch's mixed precision), and is computed in double like the
- * others. float16 exists only where the compiler has _Float16 (bn_float16_supported). */
-typedef enum { BN_FLOAT32 = 0, BN_FLOAT64 = 1, BN_FLOAT16 = 2, BN_DTYPE_COUNT } bn_dtype;
+/* The dtype of the data (x, y, dy, dx) and of the parameters that go with it: one
+ * table, dtypes.h. Data of every dtype is computed in double where it accumulates. */
+#include "dtypes.h"
 
 typedef enum { BN_OK = 0, BN_NO_MEMORY = 1 } bn_status;
 
@@ -48,9 +46,6 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
 bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx, const void *gamma,
                       const void *beta, const double *mean, const double *invstd, int batch_stats, int relu,
                       void *dgamma, void *dbeta);
-
-/* Whether this build has float16 kernels. */
-int bn_float16_supported(void);
 
 /* running <- (1 - momentum) * running + momentum * batch, with the batch variance
  * made unbiased by count / (count - 1). */

@@ -34,7 +34,7 @@ bn_simd bn_simd_best_supported(void)
 
 void bn_simd_select(bn_simd level) { selected = level; }
 
-int bn_float16_supported(void) { return bn_ops_baseline[BN_FLOAT16].sum != NULL; }
+int bn_dtype_supported(bn_dtype dtype) { return bn_ops_baseline[dtype].sum != NULL; }
 
 bn_simd bn_simd_selected(void) { return selected; }
 

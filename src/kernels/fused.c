@@ -66,7 +66,7 @@ struct bn_job {
     bn_dtype dtype;
     const bn_block_ops *ops;
     bn_dims dims;
-    int64_t blocks_per_channel; /* NCHW; for channels-last, the number of row blocks */
+    int64_t channel_blocks; /* blocks holding part of a channel: NCHW, its own; channels-last, every row block */
     int64_t rows_per_block;
     int64_t blocks_per_row; /* NCHW blocks that are pieces of one row; else 0 */
     int64_t channels_per_run; /* by-channel schedule: consecutive channels per task */
@@ -79,7 +79,7 @@ struct bn_job {
     bn_block_step apply;
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
     double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
-    void *work;       /* channels-last: the coefficients as the block loops read them */
+    void *cl_coefs;   /* channels-last: the coefficients as the block loops read them */
     double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
@@ -93,29 +93,9 @@ struct bn_job {
 
 enum { K_DY = 0, K_XMU = 1, K_CONST = 2, K_RELU_SCALE = 3, K_RELU_SHIFT = 4 };
 
-static const size_t elem_sizes[BN_DTYPE_COUNT] = {4, 8, 2};
-
-static size_t elem_size(bn_dtype dtype) { return elem_sizes[dtype]; }
-
-/* The dtype of parameters, running statistics and parameter gradients. */
-static bn_dtype param_dtype(bn_dtype dtype) { return dtype == BN_FLOAT16 ? BN_FLOAT32 : dtype; }
-
-static double load(bn_dtype dtype, const void *p, int64_t i)
-{
-    return dtype == BN_FLOAT32 ? (double)((const float *)p)[i] : ((const double *)p)[i];
-}
-
-static void store(bn_dtype dtype, void *p, int64_t i, double v)
-{
-    if (dtype == BN_FLOAT32)
-        ((float *)p)[i] = (float)v;
-    else
-        ((double *)p)[i] = v;
-}
-
 static double load_or(bn_dtype dtype, const void *p, int64_t i, double fallback)
 {
-    return p == NULL ? fallback : load(dtype, p, i);
+    return p == NULL ? fallback : bn_load(dtype, p, i);
 }
 
 static double *coef_of(bn_job *job, int k) { return job->coef + k * job->dims.c; }
@@ -127,15 +107,15 @@ static bn_coefs coefs_of_channel(bn_job *job, int64_t c)
 }
 
 /* Channels-last loops read the coefficients converted once per channel. */
-static void publish_work_coefs(bn_job *job, int64_t c)
+static void publish_cl_coefs(bn_job *job, int64_t c)
 {
     const bn_coefs k = coefs_of_channel(job, c);
-    job->ops->cl_set_work_coefs(&k, c, job->dims.c, job->work);
+    job->ops->cl_set_coefs(&k, c, job->dims.c, job->cl_coefs);
 }
 
 static double *partials_of(bn_job *job, int64_t c, int64_t b)
 {
-    return job->partials + (c * job->blocks_per_channel + b) * BN_PARTIALS;
+    return job->partials + (c * job->channel_blocks + b) * BN_PARTIALS;
 }
 
 /* One channel is contiguous whatever the layout; N rows of S values as NCHW
@@ -160,17 +140,17 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
         const int64_t rows_for_cache = dims.c >= BN_BLOCK_ELEMS ? 1 : BN_BLOCK_ELEMS / dims.c;
         const int64_t rows_for_memory = (rows + BN_CL_MAX_BLOCKS - 1) / BN_CL_MAX_BLOCKS;
         job->rows_per_block = rows_for_cache > rows_for_memory ? rows_for_cache : rows_for_memory;
-        job->blocks_per_channel = (rows + job->rows_per_block - 1) / job->rows_per_block;
+        job->channel_blocks = (rows + job->rows_per_block - 1) / job->rows_per_block;
         return;
     }
-    job->stream = rows * dims.c * (int64_t)elem_size(dtype) >= BN_STREAM_MIN_BYTES;
+    job->stream = rows * dims.c * (int64_t)bn_dtype_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.s >= BN_BLOCK_ELEMS) {
         job->rows_per_block = 1;
         job->blocks_per_row = (dims.s + BN_BLOCK_ELEMS - 1) / BN_BLOCK_ELEMS;
-        job->blocks_per_channel = dims.n * job->blocks_per_row;
+        job->channel_blocks = dims.n * job->blocks_per_row;
     } else {
         job->rows_per_block = BN_BLOCK_ELEMS / dims.s;
-        job->blocks_per_channel = (dims.n + job->rows_per_block - 1) / job->rows_per_block;
+        job->channel_blocks = (dims.n + job->rows_per_block - 1) / job->rows_per_block;
     }
 }
 
@@ -197,7 +177,7 @@ static bn_block block_at(const bn_job *job, int64_t b)
 static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 {
     const int64_t channel_start = job->dims.channels_last ? 0 : c * job->dims.s;
-    return (channel_start + blk->offset) * (int64_t)elem_size(job->dtype);
+    return (channel_start + blk->offset) * (int64_t)bn_dtype_size(job->dtype);
 }
 
 /* ---- schedules ---- */
@@ -207,7 +187,7 @@ static int64_t block_bytes(const bn_job *job, int64_t c, const bn_block *blk)
 static void prefetch_channel(const bn_job *job, int64_t c)
 {
 #if defined(__GNUC__)
-    const int64_t elem = (int64_t)elem_size(job->dtype), row_bytes = job->dims.s * elem;
+    const int64_t elem = (int64_t)bn_dtype_size(job->dtype), row_bytes = job->dims.s * elem;
     if (row_bytes > BN_SHORT_ROW_BYTES)
         return;
     const bn_block blk = block_at(job, 0);
@@ -230,11 +210,11 @@ static void channel_task(void *ctx, int64_t c)
     if (job->prepare)
         job->prepare(job, c);
     if (job->gather)
-        for (int64_t b = 0; b < job->blocks_per_channel; b++)
+        for (int64_t b = 0; b < job->channel_blocks; b++)
             job->gather(job, c, b);
     job->reduce(job, c);
     if (job->apply)
-        for (int64_t b = job->blocks_per_channel - 1; b >= 0; b--)
+        for (int64_t b = job->channel_blocks - 1; b >= 0; b--)
             job->apply(job, c, b);
 }
 
@@ -258,29 +238,29 @@ static void channel_run_task(void *ctx, int64_t run)
 static void gather_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
-    job->gather(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
+    job->gather(job, t / job->channel_blocks, t % job->channel_blocks);
 }
 
 static void prepare_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->prepare(job, c);
-    if (job->work)
-        publish_work_coefs(job, c);
+    if (job->cl_coefs)
+        publish_cl_coefs(job, c);
 }
 
 static void reduce_task(void *ctx, int64_t c)
 {
     bn_job *job = ctx;
     job->reduce(job, c);
-    if (job->work)
-        publish_work_coefs(job, c);
+    if (job->cl_coefs)
+        publish_cl_coefs(job, c);
 }
 
 static void apply_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
-    job->apply(job, t / job->blocks_per_channel, t % job->blocks_per_channel);
+    job->apply(job, t / job->channel_blocks, t % job->channel_blocks);
 }
 
 /* Task t of an NCHW apply in memory order: rows_per_block (BN_BLOCK_ELEMS elements'
@@ -291,7 +271,7 @@ static void apply_in_memory_order_task(void *ctx, int64_t t)
     const bn_dims d = job->dims;
     const int64_t first = t * job->rows_per_block, rows = d.n * d.c;
     const int64_t end = first + job->rows_per_block < rows ? first + job->rows_per_block : rows;
-    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
     for (int64_t q = first; q < end; q++) {
         const bn_coefs k = coefs_of_channel(job, q % d.c);
         job->ops->output(job->x + q * row_bytes, NULL, job->out + q * row_bytes, 1, d.s, d.s, &k, job->terms,
@@ -302,43 +282,43 @@ static void apply_in_memory_order_task(void *ctx, int64_t t)
 static bn_status run_job(bn_job *job)
 {
     const bn_dims d = job->dims;
-    const int64_t work = d.n * d.c * d.s;
+    const int64_t elements = d.n * d.c * d.s;
     const int64_t channels_last = d.channels_last;
-    const int64_t nblocks = channels_last ? job->blocks_per_channel : d.c * job->blocks_per_channel;
-    job->partials = malloc((size_t)(d.c * job->blocks_per_channel) * BN_PARTIALS * sizeof(double));
+    const int64_t nblocks = channels_last ? job->channel_blocks : d.c * job->channel_blocks;
+    job->partials = malloc((size_t)(d.c * job->channel_blocks) * BN_PARTIALS * sizeof(double));
     /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
     job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
     job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
-    job->work = channels_last ? malloc((size_t)d.c * BN_WORK_COEFS * sizeof(double)) : NULL;
+    job->cl_coefs = channels_last ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
     bn_status status = BN_NO_MEMORY;
-    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->work == NULL)))
+    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->cl_coefs == NULL)))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
-    const int64_t row_bytes = d.s * (int64_t)elem_size(job->dtype);
+    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
     if (!channels_last && !job->gather && row_bytes <= BN_SHORT_ROW_BYTES) {
         /* Eval forward with short rows: the coefficients, then the output in memory
          * order, one stream instead of N rows C * S apart per channel. */
         bn_pool_run(d.c, reduce_task, job, d.c);
         bn_pool_run((d.n * d.c + job->rows_per_block - 1) / job->rows_per_block, apply_in_memory_order_task, job,
-                    work);
+                    elements);
     } else if (!channels_last && d.c >= runs) {
         job->channels_per_run = (d.c + runs - 1) / runs;
-        bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, work);
+        bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, elements);
     } else {
         if (job->prepare)
             bn_pool_run(d.c, prepare_task, job, d.c);
         if (job->gather)
-            bn_pool_run(nblocks, gather_task, job, work);
-        bn_pool_run(d.c, reduce_task, job, d.c * job->blocks_per_channel);
+            bn_pool_run(nblocks, gather_task, job, elements);
+        bn_pool_run(d.c, reduce_task, job, d.c * job->channel_blocks);
         if (job->apply)
-            bn_pool_run(nblocks, apply_task, job, work);
+            bn_pool_run(nblocks, apply_task, job, elements);
     }
     status = BN_OK;
 done:
     free(job->partials);
     free(job->coef);
     free(job->scratch);
-    free(job->work);
+    free(job->cl_coefs);
     return status;
 }
 
@@ -370,7 +350,7 @@ static void gather_moments(bn_job *job, int64_t c, int64_t b)
         shift = job->ops->sum(x, blk.rows, blk.width, stride) / count;
         job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     } else {
-        shift = job->ops->sum(x, 1, 1, stride); /* the first value, whatever the dtype */
+        shift = bn_load(job->dtype, x, 0); /* the block's first value */
         shift = isfinite(shift) ? shift : 0.0;
         job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     }
@@ -389,9 +369,10 @@ static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
             shift[c] /= (double)blk.rows;
         job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     } else {
-        job->ops->cl_sum(x, 1, channels, shift); /* the first row's values, whatever the dtype */
-        for (int64_t c = 0; c < channels; c++)
+        for (int64_t c = 0; c < channels; c++) {
+            shift[c] = bn_load(job->dtype, x, c); /* the block's first row */
             shift[c] = isfinite(shift[c]) ? shift[c] : 0.0;
+        }
         job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     }
     for (int64_t c = 0; c < channels; c++)
@@ -416,7 +397,7 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
     const int64_t off = block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
     double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
-    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->work, job->relu, sum_dy,
+    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->cl_coefs, job->relu, sum_dy,
                            sum_dy_xmu);
     for (int64_t c = 0; c < channels; c++) {
         double *p = partials_of(job, c, b);
@@ -431,7 +412,7 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
  * is the pre-activation a ReLU backward masks by. */
 static void set_affine_coef(bn_job *job, int64_t c)
 {
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     coef_of(job, K_DY)[c] = 0.0;
     coef_of(job, K_XMU)[c] = coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
     coef_of(job, K_CONST)[c] = coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
@@ -442,7 +423,7 @@ static void set_affine_coef(bn_job *job, int64_t c)
 static void reduce_moments(bn_job *job, int64_t c)
 {
     double count = 0.0, mean = 0.0, m2 = 0.0;
-    for (int64_t b = 0; b < job->blocks_per_channel; b++) {
+    for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
         const double total = count + p[0];
         const double delta = p[1] - mean;
@@ -460,7 +441,7 @@ static void reduce_moments(bn_job *job, int64_t c)
 /* The forward's affine map, by which a ReLU backward masks dy. */
 static void set_relu_coef(bn_job *job, int64_t c)
 {
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     coef_of(job, K_RELU_SCALE)[c] = load_or(params, job->gamma, c, 1.0) * job->invstd[c];
     coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
 }
@@ -471,19 +452,19 @@ static void set_relu_coef(bn_job *job, int64_t c)
 static void reduce_grad(bn_job *job, int64_t c)
 {
     double sum_dy = 0.0, sum_dy_xmu = 0.0;
-    for (int64_t b = 0; b < job->blocks_per_channel; b++) {
+    for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
         sum_dy += p[0];
         sum_dy_xmu += p[1];
     }
     const double invstd = job->invstd[c];
     const double count = (double)(job->dims.n * job->dims.s);
-    const bn_dtype params = param_dtype(job->dtype);
+    const bn_dtype params = bn_param_dtype(job->dtype);
     const double k_dy = load_or(params, job->gamma, c, 1.0) * invstd;
     if (job->dbeta)
-        store(params, job->dbeta, c, sum_dy);
+        bn_store(params, job->dbeta, c, sum_dy);
     if (job->dgamma)
-        store(params, job->dgamma, c, sum_dy_xmu * invstd);
+        bn_store(params, job->dgamma, c, sum_dy_xmu * invstd);
     coef_of(job, K_DY)[c] = k_dy;
     coef_of(job, K_XMU)[c] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
     coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
@@ -505,7 +486,7 @@ static void apply_output_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
     job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
-                        job->work, job->terms);
+                        job->cl_coefs, job->terms);
 }
 
 static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)
@@ -523,7 +504,7 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0) {
+    if (job.channel_blocks == 0) {
         for (int64_t c = 0; c < dims.c; c++)
             mean[c] = var[c] = invstd[c] = NAN;
         return BN_OK;
@@ -546,7 +527,7 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0)
+    if (job.channel_blocks == 0)
         return BN_OK;
     set_steps(&job, NULL, NULL, set_affine_coef);
     job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
@@ -566,12 +547,12 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
 {
     bn_job job;
     init_job(&job, dtype, dims);
-    if (job.blocks_per_channel == 0) {
+    if (job.channel_blocks == 0) {
         for (int64_t c = 0; c < dims.c; c++) {
             if (dgamma)
-                store(param_dtype(dtype), dgamma, c, 0.0);
+                bn_store(bn_param_dtype(dtype), dgamma, c, 0.0);
             if (dbeta)
-                store(param_dtype(dtype), dbeta, c, 0.0);
+                bn_store(bn_param_dtype(dtype), dbeta, c, 0.0);
         }
         return BN_OK;
     }
@@ -599,20 +580,20 @@ void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, voi
                        const double *mean, const double *var, int64_t count, double momentum)
 {
     const double unbias = (double)count / (double)(count - 1);
-    dtype = param_dtype(dtype);
+    dtype = bn_param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
-        double rm = load(dtype, running_mean, c), rv = load(dtype, running_var, c);
-        store(dtype, running_mean, c, (1.0 - momentum) * rm + momentum * mean[c]);
-        store(dtype, running_var, c, (1.0 - momentum) * rv + momentum * var[c] * unbias);
+        double rm = bn_load(dtype, running_mean, c), rv = bn_load(dtype, running_var, c);
+        bn_store(dtype, running_mean, c, (1.0 - momentum) * rm + momentum * mean[c]);
+        bn_store(dtype, running_var, c, (1.0 - momentum) * rv + momentum * var[c] * unbias);
     }
 }
 
 void bn_stats_from_running(bn_dtype dtype, int64_t channels, const void *running_mean,
                            const void *running_var, double eps, double *mean, double *invstd)
 {
-    dtype = param_dtype(dtype);
+    dtype = bn_param_dtype(dtype);
     for (int64_t c = 0; c < channels; c++) {
-        mean[c] = load(dtype, running_mean, c);
-        invstd[c] = 1.0 / sqrt(load(dtype, running_var, c) + eps);
+        mean[c] = bn_load(dtype, running_mean, c);
+        invstd[c] = 1.0 / sqrt(bn_load(dtype, running_var, c) + eps);
     }
 }

@@ -13,7 +13,7 @@
 
 /* Below this many elements a job runs on the calling thread: waking workers costs
  * a few microseconds, as much as normalising this many elements. */
-#define BN_POOL_MIN_PARALLEL_WORK (1 << 16)
+#define BN_POOL_MIN_PARALLEL_ELEMENTS (1 << 16)
 
 typedef struct {
     pthread_mutex_t lock;
@@ -120,9 +120,9 @@ static void run_inline(int64_t ntasks, bn_task_fn fn, void *ctx)
         fn(ctx, t);
 }
 
-void bn_pool_run(int64_t ntasks, bn_task_fn fn, void *ctx, int64_t work)
+void bn_pool_run(int64_t ntasks, bn_task_fn fn, void *ctx, int64_t elements)
 {
-    if (ntasks <= 1 || work < BN_POOL_MIN_PARALLEL_WORK || atomic_load_explicit(&pool.nthreads, memory_order_relaxed) <= 1 ||
+    if (ntasks <= 1 || elements < BN_POOL_MIN_PARALLEL_ELEMENTS || atomic_load_explicit(&pool.nthreads, memory_order_relaxed) <= 1 ||
         pthread_mutex_trylock(&pool.job_lock) != 0) {
         run_inline(ntasks, fn, ctx);
         return;

@@ -11,9 +11,9 @@
 
 typedef void (*bn_task_fn)(void *ctx, int64_t task);
 
-/* Runs fn(ctx, t) for t in [0, ntasks) and returns when all are done. `work` is the
+/* Runs fn(ctx, t) for t in [0, ntasks) and returns when all are done. `elements` is the
  * number of elements the job touches: small jobs run on the calling thread. */
-void bn_pool_run(int64_t ntasks, bn_task_fn fn, void *ctx, int64_t work);
+void bn_pool_run(int64_t ntasks, bn_task_fn fn, void *ctx, int64_t elements);
 
 /* Number of threads a job may use (the caller counts as one); n >= 1. Returns 0,
  * or -1 if worker threads could not be created (the pool then stays at 1 thread). */

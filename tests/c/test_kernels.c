@@ -27,35 +27,6 @@ static long checks;
         }                                                                                \
     } while (0)
 
-static const char *const dtype_names[BN_DTYPE_COUNT] = {"float32", "float64", "float16"};
-
-static size_t data_size(bn_dtype t) { return t == BN_FLOAT64 ? 8 : t == BN_FLOAT32 ? 4 : 2; }
-static bn_dtype param_dtype(bn_dtype t) { return t == BN_FLOAT16 ? BN_FLOAT32 : t; }
-
-static double get(bn_dtype t, const void *p, int64_t i)
-{
-    switch (t) {
-    case BN_FLOAT32: return ((const float *)p)[i];
-    case BN_FLOAT64: return ((const double *)p)[i];
-#if defined(__FLT16_MAX__)
-    case BN_FLOAT16: return (double)((const _Float16 *)p)[i];
-#endif
-    default: abort();
-    }
-}
-
-static void set(bn_dtype t, void *p, int64_t i, double v)
-{
-    switch (t) {
-    case BN_FLOAT32: ((float *)p)[i] = (float)v; return;
-    case BN_FLOAT64: ((double *)p)[i] = v; return;
-#if defined(__FLT16_MAX__)
-    case BN_FLOAT16: ((_Float16 *)p)[i] = (_Float16)v; return;
-#endif
-    default: abort();
-    }
-}
-
 /* Relative rounding unit of a dtype, for the tolerances. */
 static double unit(bn_dtype t) { return t == BN_FLOAT64 ? 0x1p-53 : t == BN_FLOAT32 ? 0x1p-24 : 0x1p-11; }
 
@@ -79,8 +50,8 @@ typedef struct {
 static results alloc_results(bn_dtype t, bn_dims d)
 {
     size_t count = (size_t)(d.n * d.c * d.s);
-    results r = {calloc(count, data_size(t)), calloc(count, data_size(t)),
-                 calloc((size_t)d.c, data_size(param_dtype(t))), calloc((size_t)d.c, data_size(param_dtype(t))),
+    results r = {calloc(count, bn_dtype_size(t)), calloc(count, bn_dtype_size(t)),
+                 calloc((size_t)d.c, bn_dtype_size(bn_param_dtype(t))), calloc((size_t)d.c, bn_dtype_size(bn_param_dtype(t))),
                  calloc((size_t)d.c, 8), calloc((size_t)d.c, 8), calloc((size_t)d.c, 8)};
     return r;
 }
@@ -92,8 +63,8 @@ static void free_results(results *r)
 
 static int same(const results *a, const results *b, bn_dtype t, bn_dims d)
 {
-    size_t count = (size_t)(d.n * d.c * d.s), pc = (size_t)d.c * data_size(param_dtype(t));
-    return !memcmp(a->y, b->y, count * data_size(t)) && !memcmp(a->dx, b->dx, count * data_size(t)) &&
+    size_t count = (size_t)(d.n * d.c * d.s), pc = (size_t)d.c * bn_dtype_size(bn_param_dtype(t));
+    return !memcmp(a->y, b->y, count * bn_dtype_size(t)) && !memcmp(a->dx, b->dx, count * bn_dtype_size(t)) &&
            !memcmp(a->dgamma, b->dgamma, pc) && !memcmp(a->dbeta, b->dbeta, pc) &&
            !memcmp(a->mean, b->mean, (size_t)d.c * 8) && !memcmp(a->var, b->var, (size_t)d.c * 8);
 }
@@ -106,7 +77,7 @@ static void run_kernels(bn_dtype t, bn_dims d, const void *x, const void *dy, co
     CHECK(bn_forward_train(t, d, x, r->y, gamma, beta, 1e-5, relu, r->mean, r->var, r->invstd) == BN_OK, "train");
     CHECK(bn_forward_eval(t, d, x, r->dx, gamma, beta, r->mean, r->invstd, relu) == BN_OK, "eval");
     size_t count = (size_t)(d.n * d.c * d.s);
-    CHECK(!memcmp(r->dx, r->y, count * data_size(t)), "eval forward with the batch statistics != training forward");
+    CHECK(!memcmp(r->dx, r->y, count * bn_dtype_size(t)), "eval forward with the batch statistics != training forward");
     CHECK(bn_backward(t, d, x, dy, r->dx, gamma, beta, r->mean, r->invstd, 1, relu, r->dgamma, r->dbeta) == BN_OK,
           "backward");
 }
@@ -115,7 +86,7 @@ static void run_kernels(bn_dtype t, bn_dims d, const void *x, const void *dy, co
 static void check_against_reference(bn_dtype t, bn_dims d, const void *x, const void *dy, const void *gamma,
                                     const void *beta, int relu, const results *r)
 {
-    const bn_dtype pt = param_dtype(t);
+    const bn_dtype pt = bn_param_dtype(t);
     const double m = (double)(d.n * d.s), u = unit(t);
     /* Rounding errors of the kernels' blocked sums grow about as sqrt(m). */
     const double growth = 16 + sqrt(m);
@@ -124,46 +95,46 @@ static void check_against_reference(bn_dtype t, bn_dims d, const void *x, const 
         double scale = 0;
         for (int64_t n = 0; n < d.n; n++)
             for (int64_t s = 0; s < d.s; s++)
-                sum += get(t, x, at(d, n, c, s));
+                sum += bn_load(t, x, at(d, n, c, s));
         const double mean = (double)(sum / m);
         for (int64_t n = 0; n < d.n; n++)
             for (int64_t s = 0; s < d.s; s++) {
-                const double v = get(t, x, at(d, n, c, s));
+                const double v = bn_load(t, x, at(d, n, c, s));
                 sum2 += (v - mean) * (v - mean);
                 scale = fmax(scale, fabs(v));
             }
-        const double var = (double)(sum2 / m), invstd = 1 / sqrt(var + 1e-5), g = get(pt, gamma, c), b = get(pt, beta, c);
+        const double var = (double)(sum2 / m), invstd = 1 / sqrt(var + 1e-5), g = bn_load(pt, gamma, c), b = bn_load(pt, beta, c);
         /* float16 data is computed in float lanes: float32 rounding of each term. */
         const double lane_u = t == BN_FLOAT64 ? u : 0x1p-24;
-        CHECK(fabs(r->mean[c] - mean) <= growth * lane_u * scale, "%s mean[%lld] %.17g vs %.17g", dtype_names[t],
+        CHECK(fabs(r->mean[c] - mean) <= growth * lane_u * scale, "%s mean[%lld] %.17g vs %.17g", bn_dtype_name(t),
               (long long)c, r->mean[c], mean);
         CHECK(fabs(r->var[c] - var) <= growth * lane_u * (var + scale * 1e-3), "%s var[%lld] %.17g vs %.17g",
-              dtype_names[t], (long long)c, r->var[c], var);
+              bn_dtype_name(t), (long long)c, r->var[c], var);
         double sdy = 0, sdyx = 0;
         for (int64_t n = 0; n < d.n; n++)
             for (int64_t s = 0; s < d.s; s++) {
                 const int64_t i = at(d, n, c, s);
-                const double xhat = (get(t, x, i) - mean) * invstd, z = xhat * g + b;
+                const double xhat = (bn_load(t, x, i) - mean) * invstd, z = xhat * g + b;
                 const double y = relu && z < 0 ? 0 : z;
                 /* the mean's rounding, relative to scale, is amplified by invstd */
-                CHECK(fabs(get(t, r->y, i) - y) <= 8 * u * fmax(1, fabs(y)) + growth * lane_u * scale * invstd * fabs(g),
-                      "%s y[%lld] %.17g vs %.17g", dtype_names[t], (long long)i, get(t, r->y, i), y);
-                const double g_dy = relu && z <= 0 ? 0 : get(t, dy, i);
+                CHECK(fabs(bn_load(t, r->y, i) - y) <= 8 * u * fmax(1, fabs(y)) + growth * lane_u * scale * invstd * fabs(g),
+                      "%s y[%lld] %.17g vs %.17g", bn_dtype_name(t), (long long)i, bn_load(t, r->y, i), y);
+                const double g_dy = relu && z <= 0 ? 0 : bn_load(t, dy, i);
                 sdy += g_dy, sdyx += g_dy * xhat;
             }
-        CHECK(fabs(get(pt, r->dbeta, c) - sdy) <= 1e3 * lane_u * m, "dbeta[%lld]", (long long)c);
-        CHECK(fabs(get(pt, r->dgamma, c) - sdyx) <= 1e3 * lane_u * m, "dgamma[%lld]", (long long)c);
+        CHECK(fabs(bn_load(pt, r->dbeta, c) - sdy) <= 1e3 * lane_u * m, "dbeta[%lld]", (long long)c);
+        CHECK(fabs(bn_load(pt, r->dgamma, c) - sdyx) <= 1e3 * lane_u * m, "dgamma[%lld]", (long long)c);
         for (int64_t n = 0; n < d.n; n++)
             for (int64_t s = 0; s < d.s; s++) {
                 const int64_t i = at(d, n, c, s);
-                const double xhat = (get(t, x, i) - mean) * invstd, z = xhat * g + b;
-                const double g_dy = relu && z <= 0 ? 0 : get(t, dy, i);
+                const double xhat = (bn_load(t, x, i) - mean) * invstd, z = xhat * g + b;
+                const double g_dy = relu && z <= 0 ? 0 : bn_load(t, dy, i);
                 const double dx = g * invstd * (g_dy - sdy / m - xhat * sdyx / m);
                 /* near a ReLU kink the rounded z may fall on the other side */
                 if (relu && fabs(z) < 1e-2)
                     continue;
-                CHECK(fabs(get(t, r->dx, i) - dx) <= 16 * u * fmax(1, fabs(dx)) + 1e3 * lane_u * fabs(g * invstd) * (1 + scale * invstd),
-                      "%s dx[%lld] %.9g vs %.9g", dtype_names[t], (long long)i, get(t, r->dx, i), dx);
+                CHECK(fabs(bn_load(t, r->dx, i) - dx) <= 16 * u * fmax(1, fabs(dx)) + 1e3 * lane_u * fabs(g * invstd) * (1 + scale * invstd),
+                      "%s dx[%lld] %.9g vs %.9g", bn_dtype_name(t), (long long)i, bn_load(t, r->dx, i), dx);
             }
     }
 }
@@ -171,15 +142,15 @@ static void check_against_reference(bn_dtype t, bn_dims d, const void *x, const 
 static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
 {
     const size_t count = (size_t)(d.n * d.c * d.s);
-    void *x = malloc(count * data_size(t)), *dy = malloc(count * data_size(t));
-    void *gamma = malloc((size_t)d.c * data_size(param_dtype(t))), *beta = malloc((size_t)d.c * data_size(param_dtype(t)));
+    void *x = malloc(count * bn_dtype_size(t)), *dy = malloc(count * bn_dtype_size(t));
+    void *gamma = malloc((size_t)d.c * bn_dtype_size(bn_param_dtype(t))), *beta = malloc((size_t)d.c * bn_dtype_size(bn_param_dtype(t)));
     for (size_t i = 0; i < count; i++) {
-        set(t, x, (int64_t)i, offset + 2 * uniform());
-        set(t, dy, (int64_t)i, uniform());
+        bn_store(t, x, (int64_t)i, offset + 2 * uniform());
+        bn_store(t, dy, (int64_t)i, uniform());
     }
     for (int64_t c = 0; c < d.c; c++) {
-        set(param_dtype(t), gamma, c, 1 + 0.5 * uniform());
-        set(param_dtype(t), beta, c, 0.5 * uniform());
+        bn_store(bn_param_dtype(t), gamma, c, 1 + 0.5 * uniform());
+        bn_store(bn_param_dtype(t), beta, c, 0.5 * uniform());
     }
     const int thread_counts[] = {1, 2, 3, 8};
     results first = alloc_results(t, d);
@@ -199,12 +170,49 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
             }
             CHECK(same(&first, &r, t, d),
                   "%s %s (%lld, %lld, %lld) relu=%d: %s with %d threads differs from baseline with 1 thread",
-                  dtype_names[t], d.channels_last ? "channels-last" : "NCHW", (long long)d.n, (long long)d.c,
+                  bn_dtype_name(t), d.channels_last ? "channels-last" : "NCHW", (long long)d.n, (long long)d.c,
                   (long long)d.s, relu, bn_simd_name((bn_simd)level), thread_counts[k]);
             free_results(&r);
         }
     free_results(&first);
     free(x), free(dy), free(gamma), free(beta);
+}
+
+/* An output loop given terms outside BN_FOR_EACH_TERMS (here with the forward's
+ * ReLU clamp and dy both, which no kernel asks for) computes them, unspecialised,
+ * instead of leaving the output unwritten: NCHW and channels-last, every level. */
+static void test_unlisted_terms(void)
+{
+    enum { ROWS = 3, WIDTH = 37, COUNT = ROWS * WIDTH };
+    const int terms = BN_USE_X | BN_USE_DY | BN_RELU_CLAMP;
+    const bn_coefs k = {.mean = 0.5, .k_dy = 2, .k_xmu = 3, .k_const = -1, .relu_scale = 1, .relu_shift = 0};
+    double x[COUNT], dy[COUNT], out[COUNT], cl_coefs[BN_CL_COEFS * WIDTH];
+    for (int i = 0; i < COUNT; i++) {
+        x[i] = (i % 7) * 0.25 - 0.5;
+        dy[i] = (i % 5) * 0.5 - 1;
+    }
+    for (int level = 0; level <= (int)bn_simd_best_supported(); level++) {
+        bn_simd_select((bn_simd)level);
+        const bn_block_ops *ops = bn_block_ops_for(BN_FLOAT64);
+        for (int layout = 0; layout < 2; layout++) {
+            for (int i = 0; i < COUNT; i++)
+                out[i] = NAN;
+            if (layout == 0) {
+                ops->output(x, dy, out, ROWS, WIDTH, WIDTH, &k, terms, 0);
+            } else {
+                for (int c = 0; c < WIDTH; c++)
+                    ops->cl_set_coefs(&k, c, WIDTH, cl_coefs);
+                ops->cl_output(x, dy, out, ROWS, WIDTH, cl_coefs, terms);
+            }
+            for (int i = 0; i < COUNT; i++) {
+                /* exact: every value is a small multiple of 1/4 */
+                const double want = fmax(0.0, k.k_const + k.k_xmu * (x[i] - k.mean) + k.k_dy * dy[i]);
+                CHECK(out[i] == want, "%s unlisted terms, %s, out[%d] = %g, want %g", bn_simd_name((bn_simd)level),
+                      layout ? "channels-last" : "NCHW", i, out[i], want);
+            }
+        }
+    }
+    bn_simd_select(bn_simd_best_supported());
 }
 
 int main(void)
@@ -217,7 +225,7 @@ int main(void)
     const double offsets[] = {0, 1e3};
     int cases = 0;
     for (int t = 0; t < BN_DTYPE_COUNT; t++) {
-        if (t == BN_FLOAT16 && !bn_float16_supported())
+        if (!bn_dtype_supported((bn_dtype)t))
             continue;
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++)
             for (int layout = 0; layout < 2; layout++)
@@ -229,7 +237,8 @@ int main(void)
                     cases++;
                 }
     }
+    test_unlisted_terms();
     printf("test_kernels: %d cases, %ld checks passed (SIMD levels up to %s, float16 %s)\n", cases, checks,
-           bn_simd_name(bn_simd_best_supported()), bn_float16_supported() ? "yes" : "no");
+           bn_simd_name(bn_simd_best_supported()), bn_dtype_supported(BN_FLOAT16) ? "yes" : "no");
     return 0;
 }
