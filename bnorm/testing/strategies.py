@@ -316,7 +316,7 @@ class Problem:
     options: ModuleOptions
     training: bool
     state: dict[str, NDArray[Any]] = field(default_factory=dict)
-    dy: Optional[NDArray[Any]] = None
+    dy: Union[NDArray[Any], Any] = None  # None only in a Problem built without one (the Any trick)
 
     # -- derived facts --------------------------------------------------------
     @property
@@ -341,13 +341,13 @@ class Problem:
         return self.options["momentum"]
 
     @property
-    def weight(self) -> Optional[NDArray[Any]]:
+    def weight(self) -> Union[NDArray[Any], Any]:  # None when affine=False (the Any trick)
         """gamma (a copy of state['weight']) or None when affine=False."""
         w = self.state.get("weight")
         return None if w is None else w.copy()
 
     @property
-    def bias(self) -> Optional[NDArray[Any]]:
+    def bias(self) -> Union[NDArray[Any], Any]:
         b = self.state.get("bias")
         return None if b is None else b.copy()
 
