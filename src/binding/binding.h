@@ -70,6 +70,8 @@ int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *na
 
 /* ---- batchnorm_type.c ---- */
 extern PyType_Spec bn_batchnorm_spec;
+/* Gives the type's __call__ forward's text signature, keeping tp_call as it is (0, or -1 with an exception). */
+int bn_give_call_a_signature(PyTypeObject *type);
 
 /* ---- functional.c ---- */
 extern PyMethodDef bn_functional_methods[];
