@@ -2,6 +2,7 @@
 batch and check it against the float64 reference (exit status 1 if a check fails)."""
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -11,7 +12,7 @@ from bnorm.testing import assert_batch_norm_close, reference
 SHAPE = (32, 64, 56, 56)  # the input of a ResNet-50 stage-1 batch norm
 
 
-def median_ms(run, repeats=7):
+def median_ms(run: Callable[[], object], repeats: int = 7) -> float:
     run()
     times = []
     for _ in range(repeats):
@@ -21,7 +22,7 @@ def median_ms(run, repeats=7):
     return 1e3 * float(np.median(times))
 
 
-def main():
+def main() -> int:
     bnorm.show_config()
     rng = np.random.default_rng(0)
     channels = SHAPE[1]

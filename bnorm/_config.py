@@ -1,5 +1,6 @@
 """Reporting of the build and run-time configuration."""
 import platform
+from typing import TypedDict
 
 import numpy as np
 
@@ -7,7 +8,19 @@ from . import _core
 from ._version import __version__
 
 
-def config() -> dict[str, object]:
+class Config(TypedDict):
+    """What config() returns."""
+
+    bnorm: str
+    numpy: str
+    python: str
+    machine: str
+    simd_level: str
+    supported_simd_levels: list[str]
+    num_threads: int
+
+
+def config() -> Config:
     """The version, the kernels' SIMD level (and the ones this CPU supports), and the thread count."""
     return {
         "bnorm": __version__,

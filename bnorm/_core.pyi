@@ -6,6 +6,12 @@ import numpy.typing as npt
 from typing_extensions import disjoint_base
 
 _Array = npt.NDArray[Any]
+# An array that the constructor's options (affine=False, bias=False,
+# track_running_stats=False) or a missing backward() make None. Typed with
+# typeshed's "Any trick" (X | Any, not X | None): `bn.gamma[...] = 2.0` and
+# `bn.running_mean.shape` type-check as the docs write them, without an
+# `is not None` check for a module whose options guarantee the array.
+_MaybeArray = _Array | Any
 
 # NumPy names of the dtypes this build takes, in the order of the kernels' dtype table
 DTYPES: tuple[str, ...]
@@ -20,21 +26,21 @@ class _BatchNorm:
     num_batches_tracked: int
     training: bool
     momentum: float | None
-    gamma: _Array | None
-    beta: _Array | None
+    gamma: _MaybeArray
+    beta: _MaybeArray
     # torch's names: the same arrays as gamma and beta
-    weight: _Array | None
-    bias: _Array | None
-    running_mean: _Array | None
-    running_var: _Array | None
+    weight: _MaybeArray
+    bias: _MaybeArray
+    running_mean: _MaybeArray
+    running_var: _MaybeArray
     @property
     def activation(self) -> str | None: ...
     @property
     def dtype(self) -> np.dtype[Any]: ...
     @property
-    def grad_gamma(self) -> _Array | None: ...
+    def grad_gamma(self) -> _MaybeArray: ...
     @property
-    def grad_beta(self) -> _Array | None: ...
+    def grad_beta(self) -> _MaybeArray: ...
     def __new__(
         cls,
         num_features: int,

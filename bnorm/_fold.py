@@ -1,10 +1,17 @@
 """Folding an eval-mode batch norm into the convolution or linear layer before it."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from ._core import _BatchNorm
 
 
-def fold(bn, weight, bias=None):
+def fold(bn: _BatchNorm, weight: npt.ArrayLike,
+         bias: npt.ArrayLike | None = None) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Return (weight, bias) of a layer equal to the given layer followed by `bn` in eval mode.
 
     `weight` is the preceding convolution's or linear layer's weight, its output

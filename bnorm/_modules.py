@@ -6,12 +6,15 @@ PyTorch-compatible state_dict / load_state_dict.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from . import _core
 from ._fold import fold as _fold
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 _PARAMETERS = {"weight": "gamma", "bias": "beta"}
 _BUFFERS = {"running_mean": "running_mean", "running_var": "running_var"}
@@ -27,7 +30,7 @@ def _as_numpy(value: Any, key: str) -> np.ndarray:
     return array
 
 
-def _rebuild(cls: type, args: tuple, kwargs: dict[str, Any]) -> Any:
+def _rebuild(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Constructor call for pickle, which passes positional arguments only."""
     return cls(*args, **kwargs)
 
@@ -108,7 +111,7 @@ class _BatchNormBase(_core._BatchNorm):
     # the last forward's saved input and grad_gamma / grad_beta are not copied, so
     # backward() on a fresh copy raises RuntimeError until it has run a forward.
 
-    def _init_args(self) -> tuple:
+    def _init_args(self) -> tuple[Any, ...]:
         return (self.num_features, self.eps, self.momentum, self.affine, self.track_running_stats, self.dtype,
                 self.activation)
 
@@ -136,15 +139,15 @@ class _BatchNormBase(_core._BatchNorm):
         if "__dict__" in state:
             self.__dict__.update(state["__dict__"])
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self._init_args(), self._init_kwargs()), self.__getstate__())
 
-    def __copy__(self):
+    def __copy__(self) -> Self:
         new = type(self)(*self._init_args(), **self._init_kwargs())
         new.__setstate__(self.__getstate__())
         return new
 
-    def __deepcopy__(self, memo):
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         import copy
 
         new = type(self)(*self._init_args(), **self._init_kwargs())

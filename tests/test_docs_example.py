@@ -9,14 +9,20 @@ import pathlib
 import textwrap
 
 # --- docs example begins ---
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
+from numpy.typing import NDArray
 
 from bnorm.testing import assert_batch_norm_close, gradcheck
 from bnorm.testing import strategies as bst
 
+Array = NDArray[Any]
+Saved = tuple[Array, Array, Array, tuple[int, ...]]  # what backward needs
 
-def my_batch_norm(x, weight, bias, eps):
+
+def my_batch_norm(x: Array, weight: Array, bias: Array, eps: float) -> tuple[Array, Saved]:
     """The kernel under test: training-mode batch norm in x's own precision.
 
     Returns y and what backward needs."""
@@ -29,7 +35,7 @@ def my_batch_norm(x, weight, bias, eps):
     return y, (x_hat, var, weight.reshape(shape), axes)
 
 
-def my_batch_norm_backward(dy, saved, eps):
+def my_batch_norm_backward(dy: Array, saved: Saved, eps: float) -> tuple[Array, Array, Array]:
     x_hat, var, gamma, axes = saved
     M = x_hat.size // x_hat.shape[1]
     dbeta = dy.sum(axis=axes)
@@ -42,7 +48,7 @@ def my_batch_norm_backward(dy, saved, eps):
 
 @settings(max_examples=200, deadline=None)
 @given(bst.problems(dims=(1, 2, 3), training=True, options=bst.module_options(affine=True)))
-def test_my_batch_norm_matches_bnorm(p):
+def test_my_batch_norm_matches_bnorm(p: bst.Problem) -> None:
     # p.x: input with nasty structure (offsets like 1e4 + noise, constant
     # channels, ties, outliers), p.dtype: float32 or float64, p.options: eps,
     # momentum, ...; p.state: gamma, beta, running stats; p.dy: a gradient.
@@ -55,7 +61,7 @@ def test_my_batch_norm_matches_bnorm(p):
 
     # Tolerances follow from the dtype, the number of values per channel and,
     # given x (and gamma), the problem's conditioning.
-    tol = dict(x=p.x, weight=p.weight, eps=p.eps)
+    tol: dict[str, Any] = dict(x=p.x, weight=p.weight, eps=p.eps)
     M = p.reduction_size
     assert_batch_norm_close(y, y_expected, p.dtype, M, what="output", **tol)
     assert_batch_norm_close(dx, dx_expected, p.dtype, M, what="grad_input", dy=p.dy, **tol)
@@ -69,16 +75,16 @@ class MyBatchNorm:
     dtype = np.dtype(np.float64)
     training = True
 
-    def __init__(self, num_features, eps=1e-5):
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         self.eps = eps
         self.gamma = np.ones(num_features)
         self.beta = np.zeros(num_features)
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         y, self.saved = my_batch_norm(x, self.gamma, self.beta, self.eps)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         dx, self.grad_gamma, self.grad_beta = my_batch_norm_backward(dy, self.saved, self.eps)
         return dx
 
@@ -86,7 +92,7 @@ class MyBatchNorm:
 @settings(max_examples=50, deadline=None)
 @given(bst.problems(dims=2, dtypes=(np.float64,), training=True,
                     options=bst.module_options(affine=True)))
-def test_my_backward_matches_finite_differences(p):
+def test_my_backward_matches_finite_differences(p: bst.Problem) -> None:
     layer = MyBatchNorm(p.num_features, eps=p.eps)
     layer.gamma[...] = p.weight
     layer.beta[...] = p.bias

@@ -61,3 +61,17 @@ def test_functional_and_top_level():
     for name in ["get_num_threads", "set_num_threads", "simd_level", "supported_simd_levels", "simd_path",
                  "supported_simd_paths", "show_config"]:
         inspect.signature(getattr(bnorm, name))  # raises ValueError without a signature
+
+
+@pytest.mark.parametrize("cls", MODULES)
+def test_call_has_forward_signature(cls):
+    """bn(x) shows forward's signature (inspect, help(), Jupyter's `bn?`), not (*args, **kwargs)."""
+    bn = cls(3)
+    assert str(inspect.signature(bn.__call__)) == str(inspect.signature(bn.forward)) == "(x, /, out=None)"
+    assert str(inspect.signature(cls.__call__)) == "(self, x, /, out=None)"
+    # Still CPython's slot wrapper of tp_call (the C forward), so subclasses call it
+    # directly; a __call__ defined as a method would add a lookup to every call.
+    assert type(cls.__call__).__name__ == "wrapper_descriptor"
+    x = np.random.default_rng(0).standard_normal((4, 3) + (2,) * (bn._ndim_range[0] - 2)).astype(np.float32)
+    y = bn(x, out=None)  # the default the signature shows is accepted
+    assert y.shape == x.shape and np.allclose(y.mean(axis=0 if x.ndim == 2 else (0, *range(2, x.ndim))), 0, atol=1e-6)

@@ -44,6 +44,7 @@ Nothing here imports torch.
 
 from importlib.util import find_spec as _find_spec
 
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 from . import reference
@@ -62,7 +63,7 @@ if _find_spec("hypothesis") is not None:   # so that `import *` works without hy
     __all__.append("strategies")
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> ModuleType:
     # Imported lazily: hypothesis is only a test dependency.
     if name == "strategies":
         import importlib
@@ -71,5 +72,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | {"strategies"})

@@ -12,8 +12,11 @@ Both are pure NumPy; neither needs torch, hypothesis or bnorm's extension.
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import NDArray
 
 __all__ = ["assert_batch_norm_close", "batch_norm_tolerance", "gradcheck"]
 
@@ -33,11 +36,32 @@ _KINDS = {
 _PER_ELEMENT = ("output", "grad_input")
 
 
+class ToleranceInfo(TypedDict):
+    """The pieces of the tolerance formula, as batch_norm_tolerance returns them."""
+
+    eps: float
+    M: int
+    growth: float
+    scale: NDArray[np.float64]
+    kappa: NDArray[np.float64]
+    extra: NDArray[np.float64]
+    kind: str
+
+
+class Differentiable(Protocol):
+    """What gradcheck needs of a module (it reads eps, gamma, beta, training, dtype and the
+    running statistics with getattr, and uses state_dict / load_state_dict when present)."""
+
+    def forward(self, x: NDArray[np.float64], /) -> object: ...
+
+    def backward(self, dy: NDArray[np.float64], /) -> object: ...
+
+
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
 
-def _float_dtype(dtype):
+def _float_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
@@ -47,29 +71,31 @@ def _float_dtype(dtype):
     return dt
 
 
-def _channel_axes(a):
+def _channel_axes(a: NDArray[Any]) -> tuple[int, ...]:
     """Reduction axes of an (N, C, ...) array: all but axis 1."""
     return (0,) + tuple(range(2, a.ndim))
 
 
-def _per_channel(v, ndim):
+def _per_channel(v: npt.ArrayLike, ndim: int) -> NDArray[Any]:
     """Shape a (C,) vector to broadcast against an (N, C, ...) array of rank ndim."""
     shape = [1] * ndim
     shape[1] = -1
     return np.asarray(v).reshape(shape)
 
 
-def _channel_max(a):
+def _channel_max(a: NDArray[Any]) -> NDArray[Any]:
     """max |a| per channel (axis 1 for ndim >= 2, the vector itself for ndim 1), NaN-free."""
     a = np.abs(np.where(np.isfinite(a), a, 0.0))
     if a.ndim >= 2:
         if a.size == 0:
             return np.zeros(a.shape[1])
-        return a.max(axis=_channel_axes(a))
+        channel_max: NDArray[Any] = a.max(axis=_channel_axes(a))
+        return channel_max
     return a
 
 
-def _x_statistics(x, bn_eps):
+def _x_statistics(x: npt.ArrayLike, bn_eps: float) -> tuple[
+        NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
     """float64 views of x with its per-channel mean, s = sqrt(var + eps) and max |x|."""
     x = np.asarray(x, dtype=np.float64)
     if x.ndim < 2:
@@ -88,13 +114,13 @@ def _x_statistics(x, bn_eps):
     return x, mean, s, absx.max(axis=axes), absx.mean(axis=axes)
 
 
-def _fmt_index(idx):
+def _fmt_index(idx: tuple[int, ...]) -> str:
     if len(idx) == 1:
         return f"[{idx[0]}]"
     return "(" + ", ".join(str(int(i)) for i in idx) + ")"
 
 
-def _first_index(mask):
+def _first_index(mask: NDArray[np.bool_]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.argwhere(mask)[0])
 
 
@@ -102,8 +128,10 @@ def _first_index(mask):
 # tolerance
 # ----------------------------------------------------------------------------
 
-def batch_norm_tolerance(expected, dtype, reduction_size=None, *, what="output", x=None,
-                         dy=None, weight=None, eps=1e-5):
+def batch_norm_tolerance(expected: npt.ArrayLike, dtype: npt.DTypeLike, reduction_size: int | None = None, *,
+                         what: str = "output", x: npt.ArrayLike | None = None,
+                         dy: npt.ArrayLike | None = None, weight: npt.ArrayLike | None = None,
+                         eps: float = 1e-5) -> tuple[NDArray[np.float64], ToleranceInfo]:
     """Per-element tolerance used by :func:`assert_batch_norm_close`.
 
     Returns ``(tol, info)``: ``tol`` is a float64 array of expected's shape,
@@ -142,7 +170,7 @@ def batch_norm_tolerance(expected, dtype, reduction_size=None, *, what="output",
         dy = np.asarray(dy, dtype=np.float64)
         if dy.ndim < 2 or dy.shape[1] != C:
             raise ValueError(f"dy shape {dy.shape} does not match {what} shape {e.shape}")
-    gamma = None
+    gamma: NDArray[np.float64] | None = None
     if weight is not None:
         gamma = np.abs(np.asarray(weight, dtype=np.float64)).reshape(-1)
         if gamma.shape != (C,):
@@ -203,7 +231,7 @@ def batch_norm_tolerance(expected, dtype, reduction_size=None, *, what="output",
     else:
         atol = atol_c
     tol = _REL * meps * abs_e + atol
-    info = {"eps": meps, "M": M, "growth": growth, "scale": scale, "kappa": kappa, "extra": extra,
+    info: ToleranceInfo = {"eps": meps, "M": M, "growth": growth, "scale": scale, "kappa": kappa, "extra": extra,
             "kind": kind}
     return np.broadcast_to(tol, e.shape), info
 
@@ -212,9 +240,12 @@ def batch_norm_tolerance(expected, dtype, reduction_size=None, *, what="output",
 # assert_batch_norm_close
 # ----------------------------------------------------------------------------
 
-def assert_batch_norm_close(actual, expected, dtype, reduction_size=None, *, what="output",
-                            x=None, dy=None, weight=None, eps=1e-5, rtol=None, atol=None,
-                            check_dtype=True, err_msg=""):
+def assert_batch_norm_close(actual: npt.ArrayLike, expected: npt.ArrayLike, dtype: npt.DTypeLike,
+                            reduction_size: int | None = None, *, what: str = "output",
+                            x: npt.ArrayLike | None = None, dy: npt.ArrayLike | None = None,
+                            weight: npt.ArrayLike | None = None, eps: float = 1e-5,
+                            rtol: float | None = None, atol: float | None = None,
+                            check_dtype: bool = True, err_msg: str = "") -> None:
     """Assert that a batch-norm result is as close to the expected one as rounding allows.
 
     Parameters
@@ -347,7 +378,7 @@ def assert_batch_norm_close(actual, expected, dtype, reduction_size=None, *, wha
             tol = float(atol) + r * np.abs(np.where(np.isfinite(e), e, 0.0))
         tol = np.broadcast_to(tol, e.shape)
 
-    def channel_of(idx):
+    def channel_of(idx: tuple[int, ...]) -> int:
         return idx[1] if e.ndim >= 2 else idx[0]
 
     # NaN and inf positions.
@@ -401,11 +432,11 @@ def assert_batch_norm_close(actual, expected, dtype, reduction_size=None, *, wha
 # gradcheck
 # ----------------------------------------------------------------------------
 
-def _snapshot(module):
+def _snapshot(module: object) -> tuple[str, dict[str, Any]]:
     """Everything a forward may change (running statistics, num_batches_tracked)."""
     if hasattr(module, "state_dict") and hasattr(module, "load_state_dict"):
         return ("state_dict", module.state_dict())
-    saved = {}
+    saved: dict[str, Any] = {}
     for name in ("running_mean", "running_var"):
         value = getattr(module, name, None)
         saved[name] = None if value is None else np.array(value, copy=True)
@@ -413,9 +444,9 @@ def _snapshot(module):
     return ("attributes", saved)
 
 
-def _restore(module, snapshot):
+def _restore(module: object, snapshot: tuple[str, dict[str, Any]]) -> None:
     how, saved = snapshot
-    if how == "state_dict":
+    if how == "state_dict" and hasattr(module, "load_state_dict"):  # as _snapshot checked
         module.load_state_dict(saved)
         return
     for name, value in saved.items():
@@ -423,7 +454,9 @@ def _restore(module, snapshot):
             setattr(module, name, value.copy() if isinstance(value, np.ndarray) else value)
 
 
-def gradcheck(module, x, *, eps=None, atol=None, rtol=None, n_probes=3, dy=None, seed=0):
+def gradcheck(module: Differentiable, x: NDArray[np.float64], *, eps: float | None = None,
+              atol: float | None = None, rtol: float | None = None, n_probes: int = 3,
+              dy: npt.ArrayLike | None = None, seed: int | None = 0) -> bool:
     """Check ``module.backward`` against central finite differences of ``module.forward``.
 
     With L(x, gamma, beta) = sum(dy * forward(x)) for a fixed random ``dy``,
@@ -530,24 +563,28 @@ def gradcheck(module, x, *, eps=None, atol=None, rtol=None, n_probes=3, dy=None,
     C = x.shape[1]
     M = x.size // C
 
-    def run(z):
+    def run(z: NDArray[np.float64]) -> NDArray[np.float64]:
         y = module.forward(z)
         if not isinstance(y, np.ndarray) or y.dtype != np.float64 or y.shape != z.shape:
             raise TypeError(f"gradcheck: forward must return a float64 array of shape {z.shape}, "
                             f"got {getattr(y, 'dtype', type(y).__name__)} {getattr(y, 'shape', '')}")
         return y
 
-    def csum(a):
-        return a.sum(axis=axes)
+    def csum(a: NDArray[Any]) -> NDArray[np.float64]:
+        sums: NDArray[np.float64] = a.sum(axis=axes)
+        return sums
 
-    def terms(grad, delta_param, y_plus, y_minus):
+    def terms(grad: NDArray[np.float64], delta_param: NDArray[np.float64] | float, y_plus: NDArray[np.float64],
+              y_minus: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                                                     NDArray[np.float64]]:
         """Per channel: numeric and analytic change of L, absolute scale, rounding bound."""
         d = dy * (y_plus - y_minus)
         g = grad * delta_param
         mag = np.abs(dy) * (np.abs(y_plus) + np.abs(y_minus) + 2.0 * cond)
         return csum(d), csum(g), csum(np.abs(d)) + csum(np.abs(g)), 16.0 * meps * csum(mag)
 
-    def check(name, probe, numeric, analytic, scale, rounding, how):
+    def check(name: str, probe: str, numeric: NDArray[np.float64], analytic: NDArray[np.float64],
+              scale: NDArray[np.float64], rounding: NDArray[np.float64], how: str) -> None:
         bound = atol + rtol * scale + rounding
         err = np.abs(numeric - analytic)
         bad = ~(err <= bound)
@@ -574,7 +611,7 @@ def gradcheck(module, x, *, eps=None, atol=None, rtol=None, n_probes=3, dy=None,
             raise AssertionError(f"gradcheck: backward returned {type(dx).__name__} "
                                  f"{getattr(dx, 'shape', '')}, expected an array of shape {x.shape}")
         dx = np.array(dx, dtype=np.float64, copy=True)
-        grads = {}
+        grads: dict[str, NDArray[np.float64]] = {}
         if affine:
             for name in ("grad_gamma", "grad_beta"):
                 g = getattr(module, name, None)
@@ -588,7 +625,8 @@ def gradcheck(module, x, *, eps=None, atol=None, rtol=None, n_probes=3, dy=None,
         s = _per_channel(s, x.ndim)
         for k in range(n_probes):
             v = rng.standard_normal(x.shape) * s
-            results = []
+            results: list[tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                                NDArray[np.float64]]] = []
             for t in (h, 2.0 * h):
                 x_plus, x_minus = x + t * v, x - t * v
                 step = x_plus - x_minus        # exact: the two are within a factor 2
@@ -603,6 +641,7 @@ def gradcheck(module, x, *, eps=None, atol=None, rtol=None, n_probes=3, dy=None,
         if affine:
             for name, param, saved in (("grad_gamma", gamma, saved_gamma),
                                        ("grad_beta", beta, saved_beta)):
+                assert param is not None and saved is not None  # affine: both exist and were copied
                 delta = 1e-3 * (1.0 + np.abs(saved))   # y is linear in gamma and beta
                 p_plus, p_minus = saved + delta, saved - delta
                 param[...] = p_plus

@@ -24,8 +24,20 @@ Nothing here imports torch or bnorm's compiled extension.
 """
 
 import functools
+from typing import Any, Callable, Optional, ParamSpec, TypeVar, Union
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import NDArray
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_F64 = NDArray[np.float64]
+#: An array that the constructor's options make None (affine=False,
+#: track_running_stats=False), or a gradient before backward(); typed like
+#: bnorm's modules (see bnorm/_core.pyi): X | Any, so that code written for a
+#: module whose options guarantee the array type-checks without None checks.
+_MaybeF64 = Union[_F64, Any]
 
 __all__ = [
     "batch_stats",
@@ -40,7 +52,7 @@ __all__ = [
 # helpers
 # ----------------------------------------------------------------------------
 
-def _quiet(func):
+def _quiet(func: Callable[_P, _R]) -> Callable[_P, _R]:
     """Let NaN and inf propagate silently, as in PyTorch and bnorm.
 
     A NaN in one channel is expected to make that channel's results NaN;
@@ -48,13 +60,13 @@ def _quiet(func):
     errors under ``-W error``).
     """
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             return func(*args, **kwargs)
     return wrapper
 
 
-def _as_float64(a, name="x"):
+def _as_float64(a: npt.ArrayLike, name: str = "x") -> _F64:
     """Return ``a`` as a native-order float64 array (a copy if needed).
 
     Only real floating input is accepted: an integer or complex array given
@@ -67,21 +79,21 @@ def _as_float64(a, name="x"):
     return a.astype(np.float64)
 
 
-def _reduce_axes(x):
+def _reduce_axes(x: NDArray[Any]) -> tuple[int, ...]:
     """All axes except the channel axis 1: (0, 2, 3, ...)."""
     if x.ndim < 2:
         raise ValueError(f"expected an input of at least 2 dimensions (N, C, ...), got {x.ndim}D")
     return (0,) + tuple(range(2, x.ndim))
 
 
-def _per_channel(v, x):
+def _per_channel(v: npt.ArrayLike, x: NDArray[Any]) -> _F64:
     """Reshape a (C,) vector to (1, C, 1, ...) so that it broadcasts against x."""
     shape = [1] * x.ndim
     shape[1] = x.shape[1]
     return np.asarray(v, dtype=np.float64).reshape(shape)
 
 
-def _per_channel_param(v, x, default, name):
+def _per_channel_param(v: Optional[npt.ArrayLike], x: NDArray[Any], default: float, name: str) -> _F64:
     """A (C,) parameter as float64, or ``default`` for every channel if None."""
     channels = x.shape[1]
     if v is None:
@@ -92,7 +104,7 @@ def _per_channel_param(v, x, default, name):
     return v
 
 
-def _values_per_channel(x):
+def _values_per_channel(x: NDArray[Any]) -> int:
     """M = N * prod(spatial)."""
     return x.size // x.shape[1] if x.shape[1] else 0
 
@@ -102,7 +114,7 @@ def _values_per_channel(x):
 # ----------------------------------------------------------------------------
 
 @_quiet
-def batch_stats(x):
+def batch_stats(x: npt.ArrayLike) -> tuple[_F64, _F64]:
     """Per-channel batch mean and *biased* variance, float64 arrays of shape (C,).
 
     The variance is computed with a centred second pass, never as
@@ -130,7 +142,8 @@ def batch_stats(x):
     return mean, var
 
 
-def _statistics(x, mean, var):
+def _statistics(x: _F64, mean: Optional[npt.ArrayLike],
+                var: Optional[npt.ArrayLike]) -> tuple[_F64, _F64]:
     """The statistics to normalise with: batch statistics if both are None."""
     if mean is None and var is None:
         return batch_stats(x)
@@ -141,7 +154,8 @@ def _statistics(x, mean, var):
 
 
 @_quiet
-def forward(x, gamma=None, beta=None, mean=None, var=None, eps=1e-5):
+def forward(x: npt.ArrayLike, gamma: Optional[npt.ArrayLike] = None, beta: Optional[npt.ArrayLike] = None,
+            mean: Optional[npt.ArrayLike] = None, var: Optional[npt.ArrayLike] = None, eps: float = 1e-5) -> _F64:
     """Batch-norm output ``y`` (float64, shape of x).
 
     Uses x's batch statistics when ``mean`` and ``var`` are None (training,
@@ -159,7 +173,9 @@ def forward(x, gamma=None, beta=None, mean=None, var=None, eps=1e-5):
 
 
 @_quiet
-def backward(dy, x, gamma=None, mean=None, var=None, eps=1e-5, training=True):
+def backward(dy: npt.ArrayLike, x: npt.ArrayLike, gamma: Optional[npt.ArrayLike] = None,
+             mean: Optional[npt.ArrayLike] = None, var: Optional[npt.ArrayLike] = None, eps: float = 1e-5,
+             training: bool = True) -> tuple[_F64, _F64, _F64]:
     """Gradients ``(dx, dgamma, dbeta)`` of a batch norm, all float64.
 
     ``dy`` is the gradient of the loss with respect to the output y.
@@ -207,7 +223,8 @@ def backward(dy, x, gamma=None, mean=None, var=None, eps=1e-5, training=True):
 
 
 @_quiet
-def update_running(running_mean, running_var, batch_mean, batch_var, count, momentum):
+def update_running(running_mean: npt.ArrayLike, running_var: npt.ArrayLike, batch_mean: npt.ArrayLike,
+                   batch_var: npt.ArrayLike, count: int, momentum: Optional[float]) -> tuple[_F64, _F64]:
     """New running statistics ``(mean, var)`` after one training batch, float64.
 
     ``momentum`` is the weight of the *new* batch (PyTorch convention, not
@@ -258,8 +275,8 @@ class ReferenceBatchNorm:
       constants.
     """
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = None if momentum is None else float(momentum)
@@ -268,31 +285,32 @@ class ReferenceBatchNorm:
         self.dtype = np.dtype(np.float64)
         self.training = True
         C = self.num_features
-        self.gamma = np.ones(C) if affine else None
-        self.beta = np.zeros(C) if affine else None
-        self.grad_gamma = None
-        self.grad_beta = None
+        self.gamma: _MaybeF64 = np.ones(C) if affine else None
+        self.beta: _MaybeF64 = np.zeros(C) if affine else None
+        self.grad_gamma: _MaybeF64 = None
+        self.grad_beta: _MaybeF64 = None
         if track_running_stats:
-            self.running_mean = np.zeros(C)
-            self.running_var = np.ones(C)
-            self.num_batches_tracked = 0
+            self.running_mean: _MaybeF64 = np.zeros(C)
+            self.running_var: _MaybeF64 = np.ones(C)
+            self.num_batches_tracked: Union[int, Any] = 0  # None without tracking (the Any trick)
         else:
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        self._saved = None  # (x, mean, var, uses_batch_stats) of the last forward
+        # (x, mean, var, uses_batch_stats) of the last forward
+        self._saved: Optional[tuple[_F64, _F64, _F64, bool]] = None
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "ReferenceBatchNorm":
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> "ReferenceBatchNorm":
         return self.train(False)
 
-    def _uses_batch_stats(self):
+    def _uses_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike) -> _F64:
         """Output of the layer for ``x`` (float64), updating state like torch."""
         x = _as_float64(x)
         _reduce_axes(x)
@@ -322,7 +340,7 @@ class ReferenceBatchNorm:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy: npt.ArrayLike) -> _F64:
         """Gradient w.r.t. the last forward's input; sets grad_gamma/grad_beta."""
         if self._saved is None:
             raise RuntimeError("backward called before forward")
@@ -332,6 +350,6 @@ class ReferenceBatchNorm:
             self.grad_gamma, self.grad_beta = dgamma, dbeta
         return dx
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"ReferenceBatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats})")

@@ -39,9 +39,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, TypedDict, TypeVar, Union, cast
 
 import numpy as np
+import numpy.typing as npt
+from numpy.typing import NDArray
 
 from importlib.util import find_spec
 
@@ -54,6 +56,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from .. import _core
+
+if TYPE_CHECKING:
+    from .. import BatchNorm1d, BatchNorm2d, BatchNorm3d
+    from .._core import _BatchNorm
+    from .reference import ReferenceBatchNorm
 
 __all__ = [
     "Problem",
@@ -79,14 +86,23 @@ _SCALES = (1.0, 1e-3, 1e3, 0.1, 10.0, 1e-2, 100.0)
 _OFFSETS = (0.0, 1.0, -1.0, 3.0, -0.5, 100.0, -100.0, 1e4, -1e4)
 
 
-def _check_dtype(dtype: Any) -> np.dtype[Any]:
-    dt: np.dtype[Any] = np.dtype(dtype)
+class ModuleOptions(TypedDict):
+    """The constructor keywords module_options() draws (pass them as ``**options``)."""
+
+    eps: float
+    momentum: Optional[float]
+    affine: bool
+    track_running_stats: bool
+
+
+def _check_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:
+    dt = np.dtype(dtype)
     if dt not in ALL_DTYPES:
         raise TypeError(f"dtype: expected one of {', '.join(d.name for d in ALL_DTYPES)}, got {dt}")
     return dt
 
 
-def _check_dims(dims: Any) -> tuple[int, ...]:
+def _check_dims(dims: Union[int, np.integer[Any], Iterable[int]]) -> tuple[int, ...]:
     if isinstance(dims, (int, np.integer)):
         dims = (int(dims),)
     dims = tuple(int(d) for d in dims)
@@ -100,7 +116,8 @@ def _check_dims(dims: Any) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------
 
 @st.composite
-def _shapes(draw, dims, min_side, max_side, max_channels, max_elements, min_reduction_size):
+def _shapes(draw: st.DrawFn, dims: tuple[int, ...], min_side: int, max_side: int, max_channels: int,
+            max_elements: int, min_reduction_size: int) -> tuple[int, ...]:
     ndim_spatial = draw(st.sampled_from(dims))
     k = 1 + ndim_spatial                     # N and the spatial sides
     lo = max(min_side, 1) if min_reduction_size > 0 else min_side
@@ -132,7 +149,7 @@ def _shapes(draw, dims, min_side, max_side, max_channels, max_elements, min_redu
 
 def batch_norm_shapes(dims: Union[int, Sequence[int]] = 2, min_side: int = 1, max_side: int = 8,
                       max_elements: int = 2048, *, max_channels: Optional[int] = None,
-                      min_reduction_size: int = 0):
+                      min_reduction_size: int = 0) -> st.SearchStrategy[tuple[int, ...]]:
     """Shapes (N, C, *spatial) for batch norm.
 
     dims: number of spatial dimensions, 0 ((N, C), BatchNorm1d), 1 ((N, C, L),
@@ -163,7 +180,8 @@ def batch_norm_shapes(dims: Union[int, Sequence[int]] = 2, min_side: int = 1, ma
 # options
 # ----------------------------------------------------------------------------
 
-def module_options(*, affine=None, track_running_stats=None):
+def module_options(*, affine: Optional[bool] = None,
+                   track_running_stats: Optional[bool] = None) -> st.SearchStrategy[ModuleOptions]:
     """Keyword arguments for a BatchNorm constructor (dicts, usable as ``**options``).
 
     eps: 1e-5 (the default) or values from 1e-8 to 1; momentum: 0.1 (the
@@ -175,20 +193,22 @@ def module_options(*, affine=None, track_running_stats=None):
     momentum = st.one_of(st.just(0.1), st.none(), st.sampled_from([0.0, 1.0, 0.01, 0.5, 0.9]),
                          st.floats(min_value=0.0, max_value=1.0))
     flag = st.booleans()
-    return st.fixed_dictionaries({
+    # fixed_dictionaries is typed for dicts of one value type; these are the TypedDict's keys.
+    return cast("st.SearchStrategy[ModuleOptions]", st.fixed_dictionaries({
         "eps": eps,
         "momentum": momentum,
         "affine": flag if affine is None else st.just(bool(affine)),
         "track_running_stats": (flag if track_running_stats is None
                                 else st.just(bool(track_running_stats))),
-    })
+    }))
 
 
 # ----------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------
 
-def _channel_values(draw, kind, M, rng, scale, offset, dtype):
+def _channel_values(draw: st.DrawFn, kind: str, M: int, rng: np.random.Generator, scale: float, offset: float,
+                    dtype: np.dtype[Any]) -> NDArray[np.float64]:
     """M float64 values of one channel, following a recipe."""
     if M == 0:
         return np.zeros(0)
@@ -216,7 +236,8 @@ def _channel_values(draw, kind, M, rng, scale, offset, dtype):
 
 
 @st.composite
-def _inputs(draw, shape, dtype, allow_nan, allow_infinity, max_offset, kinds):
+def _inputs(draw: st.DrawFn, shape: tuple[int, ...], dtype: np.dtype[Any], allow_nan: bool, allow_infinity: bool,
+            max_offset: float, kinds: tuple[str, ...]) -> NDArray[Any]:
     N, C = shape[0], shape[1]
     M = N * math.prod(shape[2:])
     seed = draw(st.integers(0, 2**32 - 1))
@@ -245,9 +266,10 @@ def _inputs(draw, shape, dtype, allow_nan, allow_infinity, max_offset, kinds):
     return x
 
 
-def batch_norm_inputs(shape, dtype=np.float32, *, allow_nan: bool = False,
+def batch_norm_inputs(shape: Union[Sequence[int], st.SearchStrategy[Sequence[int]]],
+                      dtype: npt.DTypeLike = np.float32, *, allow_nan: bool = False,
                       allow_infinity: bool = False, max_offset: float = 1e4,
-                      kinds: Sequence[str] = CHANNEL_KINDS):
+                      kinds: Sequence[str] = CHANNEL_KINDS) -> st.SearchStrategy[NDArray[Any]]:
     """Arrays of ``shape`` (N, C, ...) and ``dtype`` with varied per-channel structure.
 
     ``shape`` may be a tuple or a strategy of tuples (then the result is the
@@ -274,6 +296,9 @@ def batch_norm_inputs(shape, dtype=np.float32, *, allow_nan: bool = False,
 # problems
 # ----------------------------------------------------------------------------
 
+#: The modules Problem._setup loads a state into: bnorm's and the reference.
+_Module = TypeVar("_Module", bound="Union[_BatchNorm, ReferenceBatchNorm]")
+
 _CLASS_FOR_NDIM = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 
 
@@ -289,43 +314,43 @@ class Problem:
     keeps them); dy: an upstream gradient of x's shape and dtype.
     """
 
-    x: np.ndarray
-    dtype: np.dtype
-    options: dict
+    x: NDArray[Any]
+    dtype: np.dtype[Any]
+    options: ModuleOptions
     training: bool
-    state: dict = field(default_factory=dict)
-    dy: Optional[np.ndarray] = None
+    state: dict[str, NDArray[Any]] = field(default_factory=dict)
+    dy: Union[NDArray[Any], Any] = None  # None only in a Problem built without one (the Any trick)
 
     # -- derived facts --------------------------------------------------------
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, ...]:
         return self.x.shape
 
     @property
     def num_features(self) -> int:
-        return self.x.shape[1]
+        return int(self.x.shape[1])
 
     @property
     def reduction_size(self) -> int:
         """M = N * prod(spatial), the number of values per channel."""
-        return self.x.size // self.x.shape[1]
+        return self.x.size // int(self.x.shape[1])
 
     @property
     def eps(self) -> float:
         return self.options["eps"]
 
     @property
-    def momentum(self):
+    def momentum(self) -> Optional[float]:
         return self.options["momentum"]
 
     @property
-    def weight(self):
+    def weight(self) -> Union[NDArray[Any], Any]:  # None when affine=False (the Any trick)
         """gamma (a copy of state['weight']) or None when affine=False."""
         w = self.state.get("weight")
         return None if w is None else w.copy()
 
     @property
-    def bias(self):
+    def bias(self) -> Union[NDArray[Any], Any]:
         b = self.state.get("bias")
         return None if b is None else b.copy()
 
@@ -340,7 +365,7 @@ class Problem:
         return _CLASS_FOR_NDIM[self.x.ndim]
 
     # -- modules ------------------------------------------------------------------
-    def _setup(self, module):
+    def _setup(self, module: _Module) -> _Module:
         for key, attr in (("weight", "gamma"), ("bias", "beta"),
                           ("running_mean", "running_mean"), ("running_var", "running_var")):
             if key in self.state:
@@ -350,21 +375,21 @@ class Problem:
         module.train(self.training)
         return module
 
-    def bnorm_module(self, dtype=None):
+    def bnorm_module(self, dtype: Optional[npt.DTypeLike] = None) -> Union[BatchNorm1d, BatchNorm2d, BatchNorm3d]:
         """A bnorm.BatchNorm*d of the right class with this problem's options and state."""
         import bnorm
 
-        cls = getattr(bnorm, self.module_class_name)
+        cls: type[Union[BatchNorm1d, BatchNorm2d, BatchNorm3d]] = getattr(bnorm, self.module_class_name)
         return self._setup(cls(self.num_features, **self.options,
                                dtype=self.dtype if dtype is None else dtype))
 
-    def reference_module(self):
+    def reference_module(self) -> ReferenceBatchNorm:
         """A float64 ReferenceBatchNorm with this problem's options and state."""
         from .reference import ReferenceBatchNorm
 
         return self._setup(ReferenceBatchNorm(self.num_features, **self.options))
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = {k: (v.tolist() if isinstance(v, np.ndarray) and v.ndim else int(v))
                  for k, v in self.state.items()}
         return (f"Problem(x=np.{np.array_repr(self.x, max_line_width=100, precision=10)}, "
@@ -373,9 +398,10 @@ class Problem:
                 f"array {self.shape}>)")
 
 
-def _state_strategy(draw, x, dtype, options, rng):
-    C = x.shape[1]
-    state = {}
+def _state_strategy(draw: st.DrawFn, x: NDArray[Any], dtype: npt.DTypeLike, options: ModuleOptions,
+                    rng: np.random.Generator) -> dict[str, NDArray[Any]]:
+    C: int = x.shape[1]
+    state: dict[str, NDArray[Any]] = {}
     # float16 modules keep their parameters and running statistics in float32
     dtype = np.float32 if dtype == np.float16 else dtype
     if options["affine"]:
@@ -413,8 +439,9 @@ def _state_strategy(draw, x, dtype, options, rng):
 
 
 @st.composite
-def _problems(draw, dims, dtypes, training, max_side, max_elements, allow_nan, max_offset, options,
-              kinds):
+def _problems(draw: st.DrawFn, dims: tuple[int, ...], dtypes: tuple[np.dtype[Any], ...], training: Optional[bool],
+              max_side: int, max_elements: int, allow_nan: bool, max_offset: float,
+              options: st.SearchStrategy[ModuleOptions], kinds: tuple[str, ...]) -> Problem:
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
     opts = draw(options)
     is_training = draw(st.booleans()) if training is None else bool(training)
@@ -436,9 +463,12 @@ def _problems(draw, dims, dtypes, training, max_side, max_elements, allow_nan, m
                    dy=np.ascontiguousarray(dy, dtype=dtype))
 
 
-def problems(dims: Union[int, Sequence[int]] = 2, dtypes=FLOAT_DTYPES, training: Optional[bool] = True,
+def problems(dims: Union[int, Sequence[int]] = 2,
+             dtypes: Union[npt.DTypeLike, Sequence[npt.DTypeLike]] = FLOAT_DTYPES,
+             training: Optional[bool] = True,
              *, max_side: int = 8, max_elements: int = 2048, allow_nan: bool = False,
-             max_offset: float = 1e4, options=None, kinds: Sequence[str] = CHANNEL_KINDS):
+             max_offset: float = 1e4, options: Optional[st.SearchStrategy[ModuleOptions]] = None,
+             kinds: Sequence[str] = CHANNEL_KINDS) -> st.SearchStrategy[Problem]:
     """Complete batch-norm problems, as ``Problem`` instances.
 
     dims: spatial dimensions (or a sequence to draw from), see
@@ -455,7 +485,7 @@ def problems(dims: Union[int, Sequence[int]] = 2, dtypes=FLOAT_DTYPES, training:
     deviations of zero).
     """
     dims = _check_dims(dims)
-    dtypes = tuple(_check_dtype(d) for d in (dtypes if isinstance(dtypes, (tuple, list)) else (dtypes,)))
-    return _problems(dims, dtypes, training, int(max_side), int(max_elements), bool(allow_nan),
+    checked_dtypes = tuple(_check_dtype(d) for d in (dtypes if isinstance(dtypes, (tuple, list)) else (dtypes,)))
+    return _problems(dims, checked_dtypes, training, int(max_side), int(max_elements), bool(allow_nan),
                      float(max_offset), module_options() if options is None else options,
                      tuple(kinds))

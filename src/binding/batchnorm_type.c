@@ -678,6 +678,34 @@ static PyType_Slot BatchNorm_slots[] = {
     {0, NULL},
 };
 
+/* bn(x) runs the tp_call slot, BatchNorm_forward, directly. CPython describes that slot by a
+ * generated `__call__` wrapper descriptor whose text signature is "($self, /, *args, **kwargs)",
+ * which is what inspect.signature(bn.__call__) and Jupyter's `bn?` showed. This replaces it by a
+ * copy that differs only in its docstring, which carries forward's signature. It is still a
+ * wrapper descriptor of the same slot and function, so CPython keeps tp_call = BatchNorm_forward
+ * for this type and every subclass: a __call__ written in Python, or a METH_COEXIST method, would
+ * make the Python subclasses (BatchNorm1d/2d/3d) look __call__ up and dispatch to it on every call.
+ * The copy must outlive the type: static storage (its contents are the same for every module). */
+static struct wrapperbase call_wrapper;
+
+int bn_give_call_a_signature(PyTypeObject *type)
+{
+    PyObject *generated = PyDict_GetItemString(type->tp_dict, "__call__"); /* borrowed */
+    if (generated == NULL || !Py_IS_TYPE(generated, &PyWrapperDescr_Type)) {
+        PyErr_SetString(PyExc_SystemError, "bnorm: _BatchNorm.__call__ is not the tp_call slot wrapper");
+        return -1;
+    }
+    PyWrapperDescrObject *slot = (PyWrapperDescrObject *)generated;
+    call_wrapper = *slot->d_base;
+    call_wrapper.doc = "__call__($self, x, /, out=None)\n--\n\nSame as forward(x, out=out).";
+    PyObject *descr = PyDescr_NewWrapper(type, &call_wrapper, slot->d_wrapped);
+    if (descr == NULL)
+        return -1;
+    int status = PyObject_SetAttrString((PyObject *)type, "__call__", descr);
+    Py_DECREF(descr);
+    return status;
+}
+
 PyType_Spec bn_batchnorm_spec = {
     .name = "bnorm._core._BatchNorm",
     .basicsize = sizeof(BatchNormObject),

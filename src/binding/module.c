@@ -159,7 +159,7 @@ static int module_exec(PyObject *module)
         return -1;
     bn_module_state *state = module_state(module);
     state->batchnorm_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &bn_batchnorm_spec, NULL);
-    if (state->batchnorm_type == NULL)
+    if (state->batchnorm_type == NULL || bn_give_call_a_signature(state->batchnorm_type) < 0)
         return -1;
     if (PyModule_AddObjectRef(module, "_BatchNorm", (PyObject *)state->batchnorm_type) < 0)
         return -1;
