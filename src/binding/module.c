@@ -69,7 +69,8 @@ static int select_simd(const char *name, const char *origin)
     const int level = bn_simd_parse(name);
     const bn_simd best = bn_simd_best_supported();
     if (level < 0) {
-        PyErr_Format(PyExc_ValueError, "%s: unknown SIMD level %s; expected baseline, avx2 or avx512", origin, name);
+        PyErr_Format(PyExc_ValueError, "%s: unknown SIMD level %s; expected one of %s, %s, %s", origin, name,
+                     bn_simd_name(BN_SIMD_BASELINE), bn_simd_name(BN_SIMD_AVX2), bn_simd_name(BN_SIMD_AVX512));
         return -1;
     }
     if (level > (int)best) {
