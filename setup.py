@@ -19,6 +19,7 @@ COMMON_SOURCES = [
     "binding/module.c",
     "binding/batchnorm_type.c",
     "binding/functional.c",
+    "binding/phases.c",
     "binding/arrays.c",
     "kernels/fused.c",
     "kernels/dispatch.c",

@@ -74,6 +74,9 @@ extern PyType_Spec bn_batchnorm_spec;
 /* ---- functional.c ---- */
 extern PyMethodDef bn_functional_methods[];
 
+/* ---- phases.c: the split phases of the functional layer ---- */
+extern PyMethodDef bn_phase_methods[];
+
 /* Runs `call` with the GIL released; a kernel status becomes a Python exception. */
 #define BN_WITHOUT_GIL(status, call) \
     do {                             \
