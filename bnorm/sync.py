@@ -11,7 +11,7 @@ See docs/sync.rst.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -108,8 +108,10 @@ class SyncBatchNorm(_BatchNormBase):
                 "comm: expected an mpi4py intracommunicator (MPI.COMM_WORLD, or one from comm.Split), "
                 f"got {type(comm).__name__}"
             )
-        self = super().__new__(
-            cls, num_features, eps, momentum, affine, track_running_stats, dtype, activation, bias=bias
+        # the stub's __new__ returns the base type; at run time it is cls
+        self = cast(
+            SyncBatchNorm,
+            super().__new__(cls, num_features, eps, momentum, affine, track_running_stats, dtype, activation, bias=bias),
         )
         self._comm = comm
         self._saved = None
