@@ -65,3 +65,10 @@ def test_missing_mpi4py_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
     with pytest.raises(ImportError, match=r'pip install "bnorm\[mpi\]"'):
         bnorm.SyncBatchNorm(3)
+
+
+def test_data_parallel_example_matches_one_process():
+    example = pathlib.Path(__file__).resolve().parents[1] / "examples" / "sync_bn_mpi.py"
+    result = run_mpi(2, example, "--steps", "25")
+    assert result.returncode == 0, result.stdout
+    assert "equal to rounding" in result.stdout, result.stdout
