@@ -220,6 +220,17 @@ def check_errors() -> None:
     expect_error(ValueError, ["rank(s) [0]"], lambda: bn.backward(dy))
     bn.backward(np.ones_like(y))
     expect_error(TypeError, ["intracommunicator"], lambda: bnorm.SyncBatchNorm(3, comm="world"))  # type: ignore[arg-type]
+    # out=: usable on every rank, or a ValueError on every rank
+    out = np.empty_like(good)
+    if bn(good, out=out) is not out or not np.array_equal(out, bn(good)):
+        failures.append(f"rank {rank}: forward(out=) did not write out")
+    expect_error(ValueError, ["rank 0", "out="], lambda: bn(good, out=good if rank == 0 else None))
+    # eval with running statistics communicates nothing: ranks make different numbers of calls
+    bn.eval()
+    for _ in range(rank + 1):
+        bn.backward(np.ones_like(bn(good)))
+    bn.train()
+    bn(good)  # and the ranks are still in step
 
 
 def check_convert_and_subcommunicator() -> None:
