@@ -160,9 +160,10 @@ class SyncBatchNorm(_BatchNormBase):
             self._saved = None  # running statistics: this rank's work alone
             return super().forward(x, out)
         header = self._describe(x, out)
-        moments = F.batch_norm_stats(x) if header[_LOCAL_ERROR] == 0 and self._agrees(header) else None
-        if moments is None:
-            moments = np.zeros((3, self.num_features))
+        usable = header[_LOCAL_ERROR] == 0 and self._agrees(header)
+        if usable and not (x.flags.c_contiguous or np.moveaxis(x, 1, -1).flags.c_contiguous):
+            x = np.ascontiguousarray(x)  # once, instead of in each phase here and in backward
+        moments = F.batch_norm_stats(x) if usable else np.zeros((3, self.num_features))
         gathered = self._comm.allgather(np.concatenate([header, moments.ravel()]))
         self._check_headers([g[:_HEADER] for g in gathered])
         everyone = np.stack([g[_HEADER:].reshape(3, self.num_features) for g in gathered])
