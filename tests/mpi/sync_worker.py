@@ -291,6 +291,11 @@ def main() -> None:
         run_case(case)
         if len(failures) > before:
             failures.append(f"rank {rank}: in {case}")
+    # always one large-offset case: float32 1e4 + N(0, 1), uneven parts and an empty rank
+    large = Case(ndim=4, channels=3, spatial=(6, 5), sizes=[(r * 3) % 7 for r in range(size)], dtype="float32",
+                 channels_last=False, affine=True, bias=True, track=True, momentum=0.1, activation=None, eps=1e-5,
+                 offset=1e4, data_seed=3)
+    run_case(large)
     check_errors()
     check_convert_and_subcommunicator()
     check_unequal_spatial()
