@@ -4,8 +4,8 @@
 
 Rank 0 draws the cases with Hypothesis and broadcasts them; every rank runs every
 case on its part of the batch and compares its results with single-process bnorm
-and with torch in float64 on the whole batch (the parts concatenated in rank order),
-and the running statistics of every rank with each other, bit for bit. Failures are
+and with torch in float64 on the whole batch (the parts concatenated in rank order;
+a float32 case of 1e4 + N(0, 1) is always among them), and the running statistics of every rank with each other, bit for bit. Failures are
 collected rather than raised, so that no rank leaves a collective the others are
 in; at the end every rank's failures are printed and the exit status is 1 if any.
 Rank 0 prints the largest differences per dtype as one JSON line ("max-diffs: ...").
