@@ -258,6 +258,21 @@ def check_convert_and_subcommunicator() -> None:
     note("y", y, y1[start : start + len(y)], 8, "float64", "single-process (sub-communicator)")
     note("running_var", group.running_var, reference.running_var, 8, "float64", "single-process (sub-communicator)")
     sub.Free()
+    # a communicator of one rank: the single-process module's bits
+    alone = comm.Split(rank, 0)
+    for dtype in (np.float16, np.float32, np.float64):
+        x = (3 + rng.standard_normal((5, 3, 4, 2))).astype(dtype)
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 1, -1)), -1, 1) if rank % 2 else x
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        one = bnorm.SyncBatchNorm(3, dtype=dtype, momentum=None, activation="relu", comm=alone)
+        plain = bnorm.BatchNorm2d(3, dtype=dtype, momentum=None, activation="relu")
+        for _ in range(2):
+            same = [np.array_equal(one(x), plain(x)), np.array_equal(one.backward(dy), plain.backward(dy))]
+            same += [np.array_equal(getattr(one, a), getattr(plain, a))
+                     for a in ("grad_gamma", "grad_beta", "running_mean", "running_var")]
+            if not all(same):
+                failures.append(f"rank {rank}: one rank alone differs from BatchNorm2d ({dtype.__name__}): {same}")
+    alone.Free()
 
 
 def check_unequal_spatial() -> None:
