@@ -4,8 +4,8 @@ The workers compare every rank's results with single-process bnorm and torch (fl
 on the whole batch: Hypothesis-drawn cases (uneven splits with empty ranks, 2-5
 dimensions, channels-last, float16/32/64, every constructor option, large offsets,
 training steps then eval), convert, a sub-communicator, a one-rank communicator (the
-single-process bits), spatial sizes differing
-between ranks, and the mismatch errors on every rank. mpiexec and mpi4py come with
+single-process bits), spatial sizes differing between ranks, and the mismatch errors
+on every rank. mpiexec and mpi4py come with
 the test extras (mpi4py, mpich), so their absence is a failure, not a skip. Each run
 has a timeout: a rank stuck in a collective fails the test instead of stalling CI.
 """
