@@ -245,6 +245,10 @@ def check_convert_and_subcommunicator() -> None:
         failures.append(f"rank {rank}: convert did not keep the state")
     if (sync.momentum, sync.activation, sync.dtype, sync.training) != (None, "relu", np.float64, True):
         failures.append(f"rank {rank}: convert did not keep the options: {sync!r}")
+    loaded = bnorm.SyncBatchNorm(3, dtype=np.float64, comm=comm)
+    loaded.load_state_dict(single.state_dict())
+    if not all(np.array_equal(a, b) for a, b in zip(loaded.state_dict().values(), single.state_dict().values())):
+        failures.append(f"rank {rank}: load_state_dict did not load the state")
     # a sub-communicator: even and odd ranks normalise their own batches
     color = rank % 2
     sub = comm.Split(color, rank)
