@@ -19,6 +19,7 @@ COMMON_SOURCES = [
     "binding/module.c",
     "binding/batchnorm_type.c",
     "binding/functional.c",
+    "binding/phases.c",
     "binding/arrays.c",
     "binding/policy.c",
     "kernels/fused.c",

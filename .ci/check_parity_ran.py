@@ -1,12 +1,14 @@
-"""Fail CI unless the PyTorch parity tests ran and none of them was skipped.
+"""Fail CI unless the PyTorch parity tests and the MPI (SyncBatchNorm) tests ran and
+none of them was skipped.
 
-Both modules compare bnorm with torch: tests/test_torch_parity.py (bnorm's own problems)
-and tests/test_torch_samples.py (torch's own OpInfo and ModuleInfo samples).
+tests/test_torch_parity.py compares bnorm's own problems with torch,
+tests/test_torch_samples.py runs torch's own OpInfo and ModuleInfo samples, and
+tests/test_sync_mpi.py runs SyncBatchNorm under mpiexec.
 """
 import sys
 import xml.etree.ElementTree as ET
 
-MODULES = ("test_torch_parity", "test_torch_samples")
+MODULES = ("test_torch_parity", "test_torch_samples", "test_sync_mpi")
 
 failed = False
 testcases = list(ET.parse(sys.argv[1]).iter("testcase"))

@@ -25,12 +25,14 @@ except ImportError as _missing:
 from . import functional
 from ._config import config, show_config
 from ._modules import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from .sync import SyncBatchNorm
 from ._version import __version__
 
 __all__ = [
     "BatchNorm1d",
     "BatchNorm2d",
     "BatchNorm3d",
+    "SyncBatchNorm",
     "functional",
     "config",
     "show_config",

@@ -96,6 +96,47 @@ def batch_norm_backward(
     bias: _Array | None = None,
     activation: str | None = None,
 ) -> tuple[_Array, _Array, _Array]: ...
+def batch_norm_stats(x: _Array) -> npt.NDArray[np.float64]: ...
+def batch_norm_gather_stats_with_counts(
+    moments: npt.ArrayLike,
+    running_mean: _Array | None = None,
+    running_var: _Array | None = None,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]: ...
+def batch_norm_elemt(
+    x: _Array,
+    mean: npt.ArrayLike,
+    invstd: npt.ArrayLike,
+    weight: _Array | None = None,
+    bias: _Array | None = None,
+    out: _Array | None = None,
+    *,
+    activation: str | None = None,
+) -> _Array: ...
+def batch_norm_backward_reduce(
+    dy: _Array,
+    x: _Array,
+    mean: npt.ArrayLike,
+    invstd: npt.ArrayLike,
+    weight: _Array | None = None,
+    bias: _Array | None = None,
+    *,
+    activation: str | None = None,
+) -> npt.NDArray[np.float64]: ...
+def batch_norm_backward_elemt(
+    dy: _Array,
+    x: _Array,
+    mean: npt.ArrayLike,
+    invstd: npt.ArrayLike,
+    sums: npt.ArrayLike,
+    count: int,
+    weight: _Array | None = None,
+    out: _Array | None = None,
+    *,
+    bias: _Array | None = None,
+    activation: str | None = None,
+) -> _Array: ...
 def set_num_threads(n: int, /) -> None: ...
 def get_num_threads() -> int: ...
 def simd_level() -> str: ...

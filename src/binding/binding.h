@@ -114,6 +114,9 @@ int bn_give_call_a_signature(PyTypeObject *type);
 /* ---- functional.c ---- */
 extern PyMethodDef bn_functional_methods[];
 
+/* ---- phases.c: the split phases of the functional layer ---- */
+extern PyMethodDef bn_phase_methods[];
+
 /* Runs `call` with the GIL released; a kernel status becomes a Python exception. */
 #define BN_WITHOUT_GIL(status, call) \
     do {                             \

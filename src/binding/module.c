@@ -164,7 +164,8 @@ static int module_exec(PyObject *module)
         return -1;
     if (PyModule_AddObjectRef(module, "_BatchNorm", (PyObject *)state->batchnorm_type) < 0)
         return -1;
-    if (PyModule_AddFunctions(module, bn_functional_methods) < 0)
+    if (PyModule_AddFunctions(module, bn_functional_methods) < 0 ||
+        PyModule_AddFunctions(module, bn_phase_methods) < 0)
         return -1;
     if (init_simd() < 0 || init_threads() < 0)
         return -1;

@@ -56,4 +56,38 @@ void bn_update_running(bn_dtype dtype, int64_t channels, void *running_mean, voi
 void bn_stats_from_running(bn_dtype dtype, int64_t channels, const void *running_mean,
                            const void *running_var, double eps, double *mean, double *invstd);
 
+/* ---- split phases: the training kernels cut where statistics are synchronised ----
+ *
+ * A batch split into parts (one per process) is normalised as one: each part's
+ * moments (bn_local_moments), all parts' moments merged in part order
+ * (bn_merge_moments, the same bits wherever it runs), each part's output
+ * (bn_forward_eval with the merged statistics); backward: each part's gradient sums
+ * (bn_grad_sums), their sum over the parts in part order, each part's dx
+ * (bn_backward_from_sums). With a single part every result has the bits of the
+ * fused kernels above. */
+
+/* Writes this part's moments per channel to moments (3 * C doubles): count, then
+ * mean, then M2 (the centred sum of squares), each a row of C. An empty part has
+ * count, mean and M2 0, which the merge skips. */
+bn_status bn_local_moments(bn_dtype dtype, bn_dims dims, const void *x, double *moments);
+
+/* Merges `parts` arrays of moments (3 * C doubles each, as bn_local_moments writes
+ * them, one after the other) in order with Chan's formula into the count, mean,
+ * biased variance and invstd = 1 / sqrt(var + eps) of each channel; NaN statistics
+ * where the total count is 0. */
+void bn_merge_moments(int64_t parts, int64_t channels, const double *moments, double eps, double *count,
+                      double *mean, double *var, double *invstd);
+
+/* This part's sum(dy') and sum(dy' * (x - mean)) per channel, dy' masked where the
+ * forward with gamma, beta, mean, invstd and relu output 0. */
+bn_status bn_grad_sums(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, const void *gamma,
+                       const void *beta, const double *mean, const double *invstd, int relu, double *sum_dy,
+                       double *sum_dy_xmu);
+
+/* dx of this part, the statistics being those of the whole batch of `count` values
+ * per channel whose gradient sums (over every part) are sum_dy and sum_dy_xmu. */
+bn_status bn_backward_from_sums(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
+                                const void *gamma, const void *beta, const double *mean, const double *invstd,
+                                const double *sum_dy, const double *sum_dy_xmu, int64_t count, int relu);
+
 #endif

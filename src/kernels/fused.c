@@ -89,6 +89,8 @@ struct bn_job {
     double *mean, *var, *invstd;
     int batch_stats, relu;
     void *dgamma, *dbeta;
+    /* split phases (bn_grad_sums writes them; bn_backward_from_sums reads them, with count) */
+    double *sum_dy, *sum_dy_xmu, count;
 };
 
 enum { K_DY = 0, K_XMU = 1, K_CONST = 2, K_RELU_SCALE = 3, K_RELU_SHIFT = 4 };
@@ -418,20 +420,37 @@ static void set_affine_coef(bn_job *job, int64_t c)
     coef_of(job, K_CONST)[c] = coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
 }
 
-/* Chan et al.'s pairwise update, block by block in order. A constant channel has
- * every block mean equal to the constant and stays exact. */
-static void reduce_moments(bn_job *job, int64_t c)
+/* Chan et al.'s pairwise update of (count, mean, m2) by a part's (n, part_mean,
+ * part_m2); an empty part changes nothing. Blocks and ranks merge through it. */
+static void chan_update(double *count, double *mean, double *m2, double n, double part_mean, double part_m2)
 {
-    double count = 0.0, mean = 0.0, m2 = 0.0;
+    if (n == 0.0)
+        return;
+    const double total = *count + n;
+    const double delta = part_mean - *mean;
+    /* a weighted sum where a mean is infinite, as a plain sum would give */
+    *mean = isfinite(delta) ? *mean + delta * (n / total) : (*count * *mean + n * part_mean) / total;
+    *m2 += part_m2 + delta * delta * (*count * n / total);
+    *count = total;
+}
+
+/* The blocks of channel c merged in order. A constant channel has every block mean
+ * equal to the constant and stays exact. */
+static void merge_block_moments(bn_job *job, int64_t c, double *mean, double *m2)
+{
+    double count = 0.0;
+    *mean = *m2 = 0.0;
     for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
-        const double total = count + p[0];
-        const double delta = p[1] - mean;
-        /* a weighted sum where a mean is infinite, as a plain sum would give */
-        mean = isfinite(delta) ? mean + delta * (p[0] / total) : (count * mean + p[0] * p[1]) / total;
-        m2 += p[2] + delta * delta * (count * p[0] / total);
-        count = total;
+        chan_update(&count, mean, m2, p[0], p[1], p[2]);
     }
+}
+
+static void reduce_moments(bn_job *job, int64_t c)
+{
+    double mean, m2;
+    merge_block_moments(job, c, &mean, &m2);
+    const double count = (double)(job->dims.n * job->dims.s);
     job->mean[c] = mean;
     job->var[c] = m2 / count;
     job->invstd[c] = 1.0 / sqrt(job->var[c] + job->eps);
@@ -446,28 +465,41 @@ static void set_relu_coef(bn_job *job, int64_t c)
     coef_of(job, K_RELU_SHIFT)[c] = load_or(params, job->beta, c, 0.0);
 }
 
-/* dx = gamma * invstd * (dy' - sum(dy') / M - xhat * sum(dy * xhat) / M) with batch
- * statistics, dx = gamma * invstd * dy' with constant ones; xhat = (x - mean) * invstd,
- * dy' = dy masked by the forward's ReLU if there was one. */
-static void reduce_grad(bn_job *job, int64_t c)
+/* The gradient sums of channel c, block by block in order. */
+static void sum_grad_partials(bn_job *job, int64_t c, double *sum_dy, double *sum_dy_xmu)
 {
-    double sum_dy = 0.0, sum_dy_xmu = 0.0;
+    *sum_dy = *sum_dy_xmu = 0.0;
     for (int64_t b = 0; b < job->channel_blocks; b++) {
         const double *p = partials_of(job, c, b);
-        sum_dy += p[0];
-        sum_dy_xmu += p[1];
+        *sum_dy += p[0];
+        *sum_dy_xmu += p[1];
     }
+}
+
+/* dx = gamma * invstd * (dy' - sum(dy') / M - xhat * sum(dy * xhat) / M) with batch
+ * statistics, dx = gamma * invstd * dy' with constant ones; xhat = (x - mean) * invstd,
+ * dy' = dy masked by the forward's ReLU if there was one: the coefficients from the
+ * sums over the M = `count` values of the channel. */
+static void set_grad_coef(bn_job *job, int64_t c, double sum_dy, double sum_dy_xmu, double count)
+{
     const double invstd = job->invstd[c];
-    const double count = (double)(job->dims.n * job->dims.s);
-    const bn_dtype params = bn_param_dtype(job->dtype);
-    const double k_dy = load_or(params, job->gamma, c, 1.0) * invstd;
-    if (job->dbeta)
-        bn_store(params, job->dbeta, c, sum_dy);
-    if (job->dgamma)
-        bn_store(params, job->dgamma, c, sum_dy_xmu * invstd);
+    const double k_dy = load_or(bn_param_dtype(job->dtype), job->gamma, c, 1.0) * invstd;
     coef_of(job, K_DY)[c] = k_dy;
     coef_of(job, K_XMU)[c] = job->batch_stats ? -k_dy * invstd * invstd * sum_dy_xmu / count : 0.0;
     coef_of(job, K_CONST)[c] = job->batch_stats ? -k_dy * sum_dy / count : 0.0;
+}
+
+/* The sums over this job's blocks, the parameter gradients and dx's coefficients. */
+static void reduce_grad(bn_job *job, int64_t c)
+{
+    double sum_dy, sum_dy_xmu;
+    sum_grad_partials(job, c, &sum_dy, &sum_dy_xmu);
+    const bn_dtype params = bn_param_dtype(job->dtype);
+    if (job->dbeta)
+        bn_store(params, job->dbeta, c, sum_dy);
+    if (job->dgamma)
+        bn_store(params, job->dgamma, c, sum_dy_xmu * job->invstd[c]);
+    set_grad_coef(job, c, sum_dy, sum_dy_xmu, (double)(job->dims.n * job->dims.s));
 }
 
 /* ---- apply ---- */
@@ -596,4 +628,113 @@ void bn_stats_from_running(bn_dtype dtype, int64_t channels, const void *running
         mean[c] = bn_load(dtype, running_mean, c);
         invstd[c] = 1.0 / sqrt(bn_load(dtype, running_var, c) + eps);
     }
+}
+
+/* ---- split phases (see bnorm_kernels.h) ---- */
+
+/* The channel's blocks merged into the moments rows: job->mean is the mean row,
+ * job->var the M2 row. */
+static void reduce_local_moments(bn_job *job, int64_t c)
+{
+    merge_block_moments(job, c, &job->mean[c], &job->var[c]);
+}
+
+bn_status bn_local_moments(bn_dtype dtype, bn_dims dims, const void *x, double *moments)
+{
+    const int64_t channels = dims.c, count = dims.n * dims.s;
+    for (int64_t c = 0; c < channels; c++) {
+        moments[c] = (double)count;
+        moments[channels + c] = moments[2 * channels + c] = 0.0;
+    }
+    bn_job job;
+    init_job(&job, dtype, dims);
+    if (job.channel_blocks == 0)
+        return BN_OK;
+    set_steps(&job, gather_moments, gather_moments_cl, reduce_local_moments);
+    job.apply = NULL;
+    job.x = x;
+    job.mean = moments + channels;
+    job.var = moments + 2 * channels;
+    return run_job(&job);
+}
+
+void bn_merge_moments(int64_t parts, int64_t channels, const double *moments, double eps, double *count,
+                      double *mean, double *var, double *invstd)
+{
+    for (int64_t c = 0; c < channels; c++) {
+        double n = 0.0, m = 0.0, m2 = 0.0;
+        for (int64_t p = 0; p < parts; p++) {
+            const double *part = moments + p * 3 * channels;
+            chan_update(&n, &m, &m2, part[c], part[channels + c], part[2 * channels + c]);
+        }
+        count[c] = n;
+        mean[c] = n > 0.0 ? m : NAN;
+        var[c] = n > 0.0 ? m2 / n : NAN;
+        invstd[c] = 1.0 / sqrt(var[c] + eps);
+    }
+}
+
+static void reduce_grad_sums(bn_job *job, int64_t c)
+{
+    sum_grad_partials(job, c, &job->sum_dy[c], &job->sum_dy_xmu[c]);
+}
+
+bn_status bn_grad_sums(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, const void *gamma,
+                       const void *beta, const double *mean, const double *invstd, int relu, double *sum_dy,
+                       double *sum_dy_xmu)
+{
+    for (int64_t c = 0; c < dims.c; c++)
+        sum_dy[c] = sum_dy_xmu[c] = 0.0;
+    bn_job job;
+    init_job(&job, dtype, dims);
+    if (job.channel_blocks == 0)
+        return BN_OK;
+    set_steps(&job, gather_grad_sums, gather_grad_sums_cl, reduce_grad_sums);
+    job.apply = NULL;
+    job.prepare = set_relu_coef;
+    job.relu = relu;
+    job.x = x;
+    job.dy = dy;
+    job.gamma = gamma;
+    job.beta = beta;
+    job.mean = (double *)mean;
+    job.invstd = (double *)invstd;
+    job.sum_dy = sum_dy;
+    job.sum_dy_xmu = sum_dy_xmu;
+    return run_job(&job);
+}
+
+/* Nothing to gather: the sums are given. A gather step nonetheless, since the
+ * schedules without one are those of an eval forward, which read no dy. */
+static void gather_nothing(bn_job *job, int64_t c, int64_t b) {}
+
+static void reduce_grad_from_sums(bn_job *job, int64_t c)
+{
+    set_relu_coef(job, c);
+    set_grad_coef(job, c, job->sum_dy[c], job->sum_dy_xmu[c], job->count);
+}
+
+bn_status bn_backward_from_sums(bn_dtype dtype, bn_dims dims, const void *x, const void *dy, void *dx,
+                                const void *gamma, const void *beta, const double *mean, const double *invstd,
+                                const double *sum_dy, const double *sum_dy_xmu, int64_t count, int relu)
+{
+    bn_job job;
+    init_job(&job, dtype, dims);
+    if (job.channel_blocks == 0)
+        return BN_OK;
+    set_steps(&job, gather_nothing, gather_nothing, reduce_grad_from_sums);
+    job.terms = BN_USE_X | BN_USE_DY | (relu ? BN_RELU_MASK : 0);
+    job.relu = relu;
+    job.batch_stats = 1;
+    job.x = x;
+    job.dy = dy;
+    job.out = dx;
+    job.gamma = gamma;
+    job.beta = beta;
+    job.mean = (double *)mean;
+    job.invstd = (double *)invstd;
+    job.sum_dy = (double *)sum_dy;
+    job.sum_dy_xmu = (double *)sum_dy_xmu;
+    job.count = (double)count;
+    return run_job(&job);
 }

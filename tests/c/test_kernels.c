@@ -3,7 +3,8 @@
  * eval forward and backward for every dtype the build has, NCHW and channels-last,
  * odd sizes and row tails, against a plain double-precision reference below; and
  * bit-identical results for every thread count (1, 2, 3, 8) and every SIMD level
- * this CPU supports. Prints the number of checks; exits 1 at the first failure.
+ * this CPU supports; the split phases on a batch cut into parts (some empty) against
+ * the fused kernels. Prints the number of checks; exits 1 at the first failure.
  */
 #include <math.h>
 #include <stdio.h>
@@ -139,6 +140,89 @@ static void check_against_reference(bn_dtype t, bn_dims d, const void *x, const 
     }
 }
 
+/* ---- split phases ---- */
+
+/* The results of the phases on a batch split along N into parts of rows[k] samples. */
+static void run_phases(bn_dtype t, bn_dims d, const void *x, const void *dy, const void *gamma, const void *beta,
+                       int relu, int parts, const int64_t *rows, results *r)
+{
+    const int64_t C = d.c, esize = (int64_t)bn_dtype_size(t);
+    double *moments = calloc((size_t)(parts * 3 * C), 8), *count = calloc((size_t)C, 8);
+    double *sums = calloc((size_t)(parts * 2 * C), 8), *total = calloc((size_t)(2 * C), 8);
+    int64_t n0 = 0;
+    for (int k = 0; k < parts; n0 += rows[k++]) {
+        const bn_dims dk = {rows[k], C, d.s, d.channels_last};
+        CHECK(bn_local_moments(t, dk, (const char *)x + n0 * C * d.s * esize, moments + k * 3 * C) == BN_OK, "moments");
+    }
+    bn_merge_moments(parts, C, moments, 1e-5, count, r->mean, r->var, r->invstd);
+    for (int64_t c = 0; c < C; c++)
+        CHECK(count[c] == (double)(d.n * d.s), "merged count %g", count[c]);
+    n0 = 0;
+    for (int k = 0; k < parts; n0 += rows[k++]) {
+        const bn_dims dk = {rows[k], C, d.s, d.channels_last};
+        const int64_t off = n0 * C * d.s * esize;
+        CHECK(bn_forward_eval(t, dk, (const char *)x + off, (char *)r->y + off, gamma, beta, r->mean, r->invstd,
+                              relu) == BN_OK, "elemt");
+        CHECK(bn_grad_sums(t, dk, (const char *)x + off, (const char *)dy + off, gamma, beta, r->mean, r->invstd, relu,
+                           sums + k * 2 * C, sums + k * 2 * C + C) == BN_OK, "grad sums");
+    }
+    for (int k = 0; k < parts; k++) /* in part order, as every process adds them */
+        for (int64_t i = 0; i < 2 * C; i++)
+            total[i] += sums[k * 2 * C + i];
+    n0 = 0;
+    for (int k = 0; k < parts; n0 += rows[k++]) {
+        const bn_dims dk = {rows[k], C, d.s, d.channels_last};
+        const int64_t off = n0 * C * d.s * esize;
+        CHECK(bn_backward_from_sums(t, dk, (const char *)x + off, (const char *)dy + off, (char *)r->dx + off, gamma,
+                                    beta, r->mean, r->invstd, total, total + C, d.n * d.s, relu) == BN_OK, "dx");
+    }
+    for (int64_t c = 0; c < C; c++) { /* the parameter gradients as the fused kernel rounds them */
+        bn_store(bn_param_dtype(t), r->dbeta, c, total[c]);
+        bn_store(bn_param_dtype(t), r->dgamma, c, total[C + c] * r->invstd[c]);
+    }
+    free(moments), free(count), free(sums), free(total);
+}
+
+/* The phases on one part give the fused kernels' bits; on parts (some empty) they
+ * agree with the fused kernels to rounding, and give the same bits for every
+ * thread count and SIMD level (`split_first` holds the first configuration's). */
+static void check_phases(bn_dtype t, bn_dims d, const void *x, const void *dy, const void *gamma, const void *beta,
+                         int relu, const results *fused, results *split_first, int have_first)
+{
+    const int64_t whole[1] = {d.n}, split[4] = {0, d.n / 3, 0, d.n - d.n / 3};
+    results one = alloc_results(t, d), parts = alloc_results(t, d);
+    run_phases(t, d, x, dy, gamma, beta, relu, 1, whole, &one);
+    CHECK(same(&one, fused, t, d), "%s phases on one part differ from the fused kernels", bn_dtype_name(t));
+    run_phases(t, d, x, dy, gamma, beta, relu, 4, split, &parts);
+    if (have_first) {
+        CHECK(same(&parts, split_first, t, d), "%s phases on parts differ between thread counts or SIMD levels",
+              bn_dtype_name(t));
+    } else {
+        const int64_t count = d.n * d.c * d.s;
+        const double u = unit(t);
+        for (int64_t c = 0; c < d.c; c++) {
+            CHECK(fabs(parts.mean[c] - fused->mean[c]) <= 1e-12 * (1 + fabs(fused->mean[c])), "split mean[%lld]",
+                  (long long)c);
+            CHECK(fabs(parts.var[c] - fused->var[c]) <= 1e-10 * (1 + fabs(fused->mean[c])), "split var[%lld]",
+                  (long long)c);
+        }
+        for (int64_t i = 0; i < count; i++) {
+            const double y = bn_load(t, fused->y, i), dx = bn_load(t, fused->dx, i);
+            CHECK(fabs(bn_load(t, parts.y, i) - y) <= 8 * u * (1 + fabs(y)) + 1e-10, "%s split y[%lld] %.9g vs %.9g",
+                  bn_dtype_name(t), (long long)i, bn_load(t, parts.y, i), y);
+            if (relu && fabs(y) < 1e-2) /* near the kink the other statistics may fall on the other side */
+                continue;
+            CHECK(fabs(bn_load(t, parts.dx, i) - dx) <= 64 * u * (1 + fabs(dx)) + 1e-9, "%s split dx[%lld] %.9g vs %.9g",
+                  bn_dtype_name(t), (long long)i, bn_load(t, parts.dx, i), dx);
+        }
+        *split_first = parts;
+        free_results(&one);
+        return;
+    }
+    free_results(&one);
+    free_results(&parts);
+}
+
 static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
 {
     const size_t count = (size_t)(d.n * d.c * d.s);
@@ -153,7 +237,7 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
         bn_store(bn_param_dtype(t), beta, c, 0.5 * uniform());
     }
     const int thread_counts[] = {1, 2, 3, 8};
-    results first = alloc_results(t, d);
+    results first = alloc_results(t, d), split_first = {0};
     int have_first = 0;
     for (int level = 0; level <= (int)bn_simd_best_supported(); level++)
         for (size_t k = 0; k < sizeof thread_counts / sizeof *thread_counts; k++) {
@@ -161,6 +245,7 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
             CHECK(bn_pool_set_threads(thread_counts[k]) == 0, "set_threads(%d)", thread_counts[k]);
             results r = alloc_results(t, d);
             run_kernels(t, d, x, dy, gamma, beta, relu, &r);
+            check_phases(t, d, x, dy, gamma, beta, relu, &r, &split_first, have_first);
             if (!have_first) {
                 check_against_reference(t, d, x, dy, gamma, beta, relu, &r);
                 free_results(&first);
@@ -175,6 +260,7 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
             free_results(&r);
         }
     free_results(&first);
+    free_results(&split_first);
     free(x), free(dy), free(gamma), free(beta);
 }
 
