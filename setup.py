@@ -20,6 +20,7 @@ COMMON_SOURCES = [
     "binding/batchnorm_type.c",
     "binding/functional.c",
     "binding/arrays.c",
+    "binding/alloc.c",
     "kernels/fused.c",
     "kernels/dispatch.c",
     "kernels/pool.c",
