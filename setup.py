@@ -22,6 +22,7 @@ COMMON_SOURCES = [
     "binding/phases.c",
     "binding/arrays.c",
     "binding/policy.c",
+    "binding/alloc.c",
     "kernels/fused.c",
     "kernels/dispatch.c",
     "kernels/pool.c",

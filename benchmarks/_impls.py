@@ -51,7 +51,7 @@ class CaseSpec:
     shape: tuple[int, ...]
     dtype: np.dtype
     channels_last: bool = False  # memory NHWC (NDHWC, (N, L, C)), logical shape NCHW
-    group: str | None = None  # the targets are judged per group, on its four ResNet-50 shapes
+    group: str | None = None  # the targets are judged per group, on its five shapes
     small: bool = False  # also time module forward+backward against torch autograd
 
     @property
@@ -66,6 +66,13 @@ class CaseSpec:
 
 RESNET_SHAPES = {"64": (32, 64, 112, 112), "256": (32, 256, 56, 56), "512": (32, 512, 28, 28),
                  "2048": (32, 2048, 7, 7)}
+# A fifth shape, from another network, so that the kernels are not tuned to ResNet-50's four:
+# Inception-v3's Conv2d_4a_3x3 batch norm (299x299 images), 192 channels at 71x71. Its 5041
+# values a row are odd, so every NCHW row ends in a vector tail on a DRAM-sized tensor (124 MB
+# in float32, 62 MB in float16; of the ResNet shapes only the cache-sized 7x7 has tails), and
+# 192 channels are not a power of two.
+OTHER_SHAPES = {"inception-192": (32, 192, 71, 71)}
+GROUP_SHAPES = {**{f"resnet-{c}": shape for c, shape in RESNET_SHAPES.items()}, **OTHER_SHAPES}
 # Target groups: (name suffix, dtype, channels-last). Every group has the same targets.
 GROUPS = (("", np.float32, False), ("-nhwc", np.float32, True), ("-f16", np.float16, False),
           ("-f16-nhwc", np.float16, True))
@@ -76,16 +83,21 @@ def group_name(dtype, channels_last: bool) -> str:
 
 
 DEFAULT_CASES = tuple(
-    CaseSpec(f"resnet-{c}{suffix}", shape, np.dtype(dtype), channels_last=cl, group=group_name(dtype, cl))
-    for suffix, dtype, cl in GROUPS for c, shape in RESNET_SHAPES.items()
+    CaseSpec(f"{name}{suffix}", shape, np.dtype(dtype), channels_last=cl, group=group_name(dtype, cl))
+    for suffix, dtype, cl in GROUPS for name, shape in GROUP_SHAPES.items()
 ) + (
     CaseSpec("small", (8, 16, 16, 16), np.dtype(np.float32), small=True),
     CaseSpec("resnet-256-f64", (32, 256, 56, 56), np.dtype(np.float64)),
 )
 CASES_BY_NAME = {c.name: c for c in DEFAULT_CASES}
-# A group's four shapes by one name: resnet, resnet-nhwc, resnet-f16, resnet-f16-nhwc
+# A group's four ResNet-50 shapes by one name: resnet, resnet-nhwc, resnet-f16, resnet-f16-nhwc;
+# and all five by the group's dtype and layout: float32, float32-nhwc, float16, float16-nhwc
 CASE_GROUPS = {f"resnet{suffix}": [CASES_BY_NAME[f"resnet-{c}{suffix}"] for c in RESNET_SHAPES]
                for suffix, _, _ in GROUPS}
+CASE_GROUPS.update({np.dtype(dtype).name + ("-nhwc" if cl else ""): [CASES_BY_NAME[f"{name}{suffix}"]
+                                                                     for name in GROUP_SHAPES]
+                    for suffix, dtype, cl in GROUPS})
+SMOKE_CASE = "small"  # --smoke: this case only
 
 
 def parse_cases(text: str | None) -> list[CaseSpec]:

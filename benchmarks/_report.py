@@ -9,6 +9,7 @@ A result record is a dict (JSON-ready) for one (case, operation):
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from pathlib import Path
 
@@ -19,6 +20,12 @@ from _impls import (BNORM_ALLOC, BNORM_OUT, COPY_NUMPY, COPY_TORCH, MODULE_OP, O
 SPEEDUP_TARGETS = {"train_fwd": 3.5, "backward": 2.5}  # bnorm at least this many times faster than torch
 COPY_TARGETS = {"train_fwd": 1.5, "eval_fwd": 1.2}  # bnorm time at most this many copies (traffic-normalised)
 MODULE_TARGET = 1.0  # small batch module fwd+bwd: bnorm not slower than torch + autograd
+LEVEL = 0.95  # torch/bnorm at or above this counts as level with torch (memory-bound rows at parity)
+ALLOC_TARGETS = {"median": 1.1, "max": 1.3}  # bnorm (alloc) / bnorm (out=) on DRAM-sized rows
+# Outputs at least this large count as DRAM-sized for the allocating target: larger than the
+# 32 MiB L3 of the CI machine. Fixed rather than read from the CPU, so runs compare across
+# machines, and because a virtual machine may report its host's whole L3 (480 MiB seen).
+DRAM_MIN_BYTES = 32 << 20
 
 TORCH_MODULE = "torch nn module + autograd"
 BNORM_MODULE = "bnorm module"
@@ -59,6 +66,57 @@ def speedup_vs_torch(rec: dict, impl: str = BNORM_OUT) -> float | None:
     return ref / t if t and ref else None
 
 
+def speedup_alloc(rec: dict) -> float | None:
+    """The allocating pairing: torch (alloc) / bnorm (alloc)."""
+    t, ref = median_ms(rec, BNORM_ALLOC), median_ms(rec, TORCH_ALLOC)
+    return ref / t if t and ref else None
+
+
+def alloc_over_out(rec: dict) -> float | None:
+    """What allocating the output costs bnorm: bnorm (alloc) / bnorm (out=)."""
+    a, o = median_ms(rec, BNORM_ALLOC), median_ms(rec, BNORM_OUT)
+    return a / o if a and o else None
+
+
+def one_thread_ms(rec: dict, library: str) -> tuple[str, float] | None:
+    """(impl, median ms at 1 thread) of bnorm (out=) or of the torch call timed at 1 thread."""
+    for name, t in rec.get("timings_1_thread", {}).items():
+        if name.startswith(library):
+            return name, t["median_ms"]
+    return None
+
+
+def thread_scaling(rec: dict, library: str) -> float | None:
+    """Time at 1 thread / time at the run's thread count, of the same call."""
+    one = one_thread_ms(rec, library)
+    many = median_ms(rec, one[0]) if one else None
+    return one[1] / many if one and many else None
+
+
+def l3_bytes() -> int | None:
+    """Size of the CPU's L3 cache (Linux), or None."""
+    try:
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        if size > 0:
+            return size
+    except (ValueError, OSError, AttributeError):
+        pass
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(base.glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "3":
+                text = (index / "size").read_text().strip().upper()
+                units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+                return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def dram_sized(rec: dict, min_bytes: int = DRAM_MIN_BYTES) -> bool:
+    return rec["tensor_bytes"] >= min_bytes
+
+
 def ratio_to_copy(rec: dict, impl: str = BNORM_OUT) -> float | None:
     """Time relative to a copy moving the same number of bytes.
 
@@ -78,6 +136,10 @@ def derived(rec: dict) -> dict:
         "copy_gbps": gbps(rec, "copy"),
         "copy_method": copy_method(rec),
         "speedup_vs_torch": speedup_vs_torch(rec),
+        "speedup_vs_torch_alloc": speedup_alloc(rec),
+        "bnorm_alloc_over_out": alloc_over_out(rec),
+        "bnorm_thread_scaling": thread_scaling(rec, "bnorm"),
+        "torch_thread_scaling": thread_scaling(rec, "torch"),
         "bnorm_over_copy": ratio_to_copy(rec),
     }
 
@@ -100,11 +162,19 @@ def _time_cell(rec: dict, impl: str) -> str:
     return _fmt(median_ms(rec, impl))
 
 
-def markdown_table(records: list[dict], contention_limit: float = 0.1) -> str:
-    """One row per case and op; '*' after the op marks a case measured under CPU contention."""
+def _ratio(v: float | None) -> str:
+    return f"{v:.2f}x" if v else "–"
+
+
+def markdown_table(records: list[dict], contention_limit: float = 0.1, threads: int = 2) -> str:
+    """One row per case and op; '*' after the op marks a case measured under CPU contention.
+    With 1-thread timings in the records, four more columns show both libraries' scaling."""
     impls = [BNORM_OUT, BNORM_ALLOC, TORCH_OUT, TORCH_ALLOC, "numpy", "copy"]
+    scaling = any(r.get("timings_1_thread") for r in records)
     head = (["shape", "dtype", "op"] + [f"{i} ms" for i in impls]
-            + ["bnorm GB/s", "copy GB/s", "torch/bnorm", "bnorm/copy"])
+            + ["bnorm GB/s", "copy GB/s", "torch/bnorm", "torch/bnorm alloc", "alloc/out=", "bnorm/copy"])
+    if scaling:
+        head += ["bnorm 1T ms", f"bnorm 1→{threads}T", "torch 1T ms", f"torch 1→{threads}T"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for rec in records:
         if rec["op"] == MODULE_OP:
@@ -114,8 +184,12 @@ def markdown_table(records: list[dict], contention_limit: float = 0.1) -> str:
         mark = " *" if stall is not None and stall > contention_limit else ""
         cells = [rec["case_label"], rec["dtype"], OP_LABELS[rec["op"]] + mark]
         cells += [_time_cell(rec, i) for i in impls]
-        cells += [_fmt(gbps(rec, BNORM_OUT)), _fmt(gbps(rec, "copy")),
-                  f"{s:.2f}x" if s else "–", _fmt(ratio_to_copy(rec))]
+        cells += [_fmt(gbps(rec, BNORM_OUT)), _fmt(gbps(rec, "copy")), _ratio(s), _ratio(speedup_alloc(rec)),
+                  _fmt(alloc_over_out(rec)), _fmt(ratio_to_copy(rec))]
+        if scaling:
+            for library in ("bnorm", "torch"):
+                one = one_thread_ms(rec, library)
+                cells += [_fmt(one[1]) if one else "–", _fmt(thread_scaling(rec, library), "x")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -151,10 +225,11 @@ def _verdict(value: float | None, target: float, higher_is_better: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def summary(records: list[dict]) -> tuple[str, dict]:
-    """Per target group (dtype and layout) and op: medians over its ResNet-50 shapes vs the targets."""
+def summary(records: list[dict], dram_min_bytes: int = DRAM_MIN_BYTES) -> tuple[str, dict]:
+    """Per target group (dtype and layout) and op: medians over its shapes vs the targets;
+    then the rows behind torch in either pairing, and what allocating costs on DRAM-sized rows."""
     lines, out = [], {}
-    lines.append("Summary: per group, the median over its ResNet-50 shapes; bnorm = "
+    lines.append("Summary: per group, the median over its shapes (four ResNet-50, one Inception-v3); bnorm = "
                  f"'{BNORM_OUT}', torch = the faster torch variant, copy ratio traffic-normalised.")
     for group in dict.fromkeys(r["group"] for r in records if r["group"]):
         n_shapes = len({r["case"] for r in records if r["group"] == group})
@@ -174,6 +249,26 @@ def summary(records: list[dict]) -> tuple[str, dict]:
         lines.append(f"  {'module fwd+bwd':<15} {rec['case_label']} {rec['dtype']}: bnorm {_fmt(b and b * 1e3)} us vs "
                      f"torch + autograd {_fmt(t and t * 1e3)} us -> {_fmt(s, 'x')} (target: not slower) {v}")
         out[f"{MODULE_OP}:{rec['case']}"] = {"speedup_vs_torch_module": s, "verdict": v}
+    rows = [r for r in records if r["op"] != MODULE_OP]
+    for key, label, fn in (("behind_out", f"'{BNORM_OUT}' vs the faster torch call", speedup_vs_torch),
+                           ("behind_alloc", f"'{BNORM_ALLOC}' vs '{TORCH_ALLOC}'", speedup_alloc)):
+        timed = [r for r in rows if fn(r) is not None]
+        behind = [r for r in timed if fn(r) < LEVEL]
+        out[key] = [f"{r['case']} {r['op']}" for r in behind]
+        lines.append(f"Rows behind torch (torch/bnorm < {LEVEL}), {label}: {len(behind)} of {len(timed)}"
+                     + (": " + ", ".join(f"{r['case_label']} {r['dtype']} {OP_LABELS[r['op']]} {fn(r):.2f}x"
+                                         for r in behind) if behind else ""))
+    costs = [c for c in (alloc_over_out(r) for r in rows if dram_sized(r, dram_min_bytes)) if c is not None]
+    where = f"outputs >= {dram_min_bytes / 2**20:g} MiB"
+    if costs:
+        med, top = statistics.median(costs), max(costs)
+        v = "PASS" if med <= ALLOC_TARGETS["median"] and top <= ALLOC_TARGETS["max"] else "MISS"
+        lines.append(f"Allocating / out= ('{BNORM_ALLOC}' / '{BNORM_OUT}') over {len(costs)} rows with {where}: "
+                     f"median {med:.2f}x, max {top:.2f}x (target median <= {ALLOC_TARGETS['median']}x, "
+                     f"none above {ALLOC_TARGETS['max']}x) {v}")
+        out["alloc_over_out"] = {"median": med, "max": top, "rows": len(costs), "verdict": v}
+    else:
+        lines.append(f"Allocating / out=: no timed rows with {where}")
     return "\n".join(lines), out
 
 
@@ -196,6 +291,10 @@ def _op_summary(op: str, recs: list[dict]) -> tuple[str, dict]:
             parts.append(f"{_fmt(value, 'x')} {text} (target {relation} {targets[op]}x) {v}")
         else:
             parts.append(f"{_fmt(value, 'x')} {text} (no target)")
+    scaling = {lib: [v for v in (thread_scaling(r, lib) for r in recs) if v is not None] for lib in ("bnorm", "torch")}
+    if scaling["bnorm"] and scaling["torch"]:
+        entry["thread_scaling"] = {lib: statistics.median(v) for lib, v in scaling.items()}
+        parts.append("from 1 thread: bnorm {bnorm:.2f}x, torch {torch:.2f}x faster".format(**entry["thread_scaling"]))
     if wrong:
         parts.append("bnorm output WRONG on some shape")
     return "; ".join(parts), entry

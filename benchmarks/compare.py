@@ -1,7 +1,7 @@
 """Benchmark bnorm against PyTorch's CPU kernels, plain NumPy and a memory copy.
 
-    python benchmarks/compare.py [--quick] [--threads N]
-        [--cases resnet-256,small,...] [--repeat R] [--json PATH] [--png PATH]
+    python benchmarks/compare.py [--quick | --smoke] [--threads N] [--no-scaling]
+        [--cases resnet-256,small,...] [--repeat R] [--dram-mib M] [--json PATH] [--png PATH]
 
 run from the repository root after `pip install -e ".[test]"` (bnorm, torch and
 matplotlib). It refuses to run without bnorm, and writes only the raw results
@@ -10,7 +10,9 @@ README's chart is `--png benchmarks/results.png`.
 
 For every case (shape, dtype) and operation (training forward, eval forward,
 backward after a training forward) all implementations are timed in one
-process, interleaved, after a correctness check against torch. See
+process, interleaved, after a correctness check against torch; with N > 1
+threads, bnorm (out=) and the faster torch call are timed again at 1 thread, so
+that the table shows both libraries' scaling from 1 to N threads. See
 benchmarks/README.md for what exactly is measured and how to read the table.
 A benchmark reports: it exits 0 whether targets pass or miss.
 """
@@ -86,16 +88,28 @@ def parse_args(argv=None):
     ap.add_argument("--cases", help="comma-separated subset of: " + ", ".join(_impls.CASES_BY_NAME)
                     + "; or custom shapes such as 16x32x8x8:float64 (default: all)")
     ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 11, no extra warm-up call")
-    ap.add_argument("--repeat", type=int, help="repetitions per implementation (default 11, --quick 5)")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"check that the script runs, in seconds: the {_impls.SMOKE_CASE!r} case only (unless "
+                    "--cases), 1 repetition, no warm-up call; the numbers mean nothing")
+    ap.add_argument("--repeat", type=int, help="repetitions per implementation (default 11, --quick 3, --smoke 1)")
     ap.add_argument("--threads", type=int, default=2,
                     help="threads for bnorm, torch and the copy (default 2; NumPy is single-threaded)")
+    ap.add_argument("--no-scaling", dest="scaling", action="store_false",
+                    help="skip the second timing of bnorm (out=) and the faster torch call at 1 thread")
+    ap.add_argument("--dram-mib", type=float, default=_report.DRAM_MIN_BYTES / 2**20,
+                    help="outputs of at least this many MiB count as DRAM-sized in the allocating / out= summary "
+                    "(default %(default)g: larger than the CI machine's L3)")
     ap.add_argument("--json", type=Path, default=HERE / "results.json", help="raw results (default %(default)s)")
     ap.add_argument("--png", type=Path, help="also write the chart there (needs matplotlib); the README's "
                     "chart is benchmarks/results.png (default: no chart)")
     args = ap.parse_args(argv)
+    if args.quick and args.smoke:
+        ap.error("--quick and --smoke exclude each other")
+    if args.smoke and args.cases is None:
+        args.cases = _impls.SMOKE_CASE
     if args.repeat is None:
-        args.repeat = 3 if args.quick else 11
-    args.warmup = 0 if args.quick else 1  # untimed calls before the (also untimed) inner-loop sizing
+        args.repeat = 1 if args.smoke else 3 if args.quick else 11
+    args.warmup = 0 if args.quick or args.smoke else 1  # untimed calls before the (also untimed) inner-loop sizing
     if args.threads < 1:
         ap.error("--threads must be >= 1")
     return args
@@ -129,8 +143,28 @@ def check(op: str, impls: list[_impls.Impl], reference: _impls.Impl, dtype) -> t
     return errors, excluded
 
 
+def set_threads(bnorm, n: int) -> None:
+    torch.set_num_threads(n)
+    bnorm.set_num_threads(n)
+
+
+def time_one_thread(bnorm, impls: list[_impls.Impl], names: list[str], args) -> dict:
+    """`names` timed again, interleaved, with bnorm and torch at 1 thread (then back to --threads)."""
+    fns = {i.name: i.fn for i in impls if i.name in names}
+    set_threads(bnorm, 1)
+    try:
+        return time_interleaved(fns, repeat=args.repeat, warmup=args.warmup)
+    finally:
+        set_threads(bnorm, args.threads)
+
+
+def timing_record(t) -> dict:
+    return {"median_ms": t.median * 1e3, "min_ms": t.min * 1e3, "number": t.number,
+            "samples_ms": [s * 1e3 for s in t.samples]}
+
+
 def run_op(spec, op: str, impls: list[_impls.Impl], reference: _impls.Impl, args,
-           known_wrong: dict | None = None) -> dict:
+           known_wrong: dict | None = None, bnorm=None) -> dict:
     errors, excluded = check(op, impls, reference, spec.dtype)
     excluded.update(known_wrong or {})
     for impl in impls:
@@ -138,13 +172,19 @@ def run_op(spec, op: str, impls: list[_impls.Impl], reference: _impls.Impl, args
             impl.setup()
     fns = {i.name: i.fn for i in impls if i.name not in excluded}
     timings = time_interleaved(fns, repeat=args.repeat, warmup=args.warmup)
+    one_thread = {}
+    torch_timed = [n for n in (_impls.TORCH_OUT, _impls.TORCH_ALLOC) if n in timings]
+    if bnorm is not None and args.scaling and args.threads > 1 and _impls.BNORM_OUT in timings and torch_timed:
+        # the torch call that was faster at --threads, so that 1 -> N is one call's scaling
+        fastest_torch = min(torch_timed, key=lambda n: timings[n].median)
+        one_thread = time_one_thread(bnorm, impls, [_impls.BNORM_OUT, fastest_torch], args)
     nbytes = int(np.prod(spec.shape)) * spec.dtype.itemsize
     return {
         "case": spec.name, "case_label": spec.label, "shape": list(spec.shape), "dtype": spec.dtype.name,
         "op": op, "group": spec.group, "channels_last": spec.channels_last, "small": spec.small,
         "tensor_bytes": nbytes, "traffic_bytes": TRAFFIC[op] * nbytes,
-        "timings": {name: {"median_ms": t.median * 1e3, "min_ms": t.min * 1e3, "number": t.number,
-                           "samples_ms": [s * 1e3 for s in t.samples]} for name, t in timings.items()},
+        "timings": {name: timing_record(t) for name, t in timings.items()},
+        "timings_1_thread": {name: timing_record(t) for name, t in one_thread.items()},
         "errors": errors, "excluded": excluded,
     }
 
@@ -180,7 +220,7 @@ def run_case(spec, bnorm, args) -> list[dict]:
         log(f"  {OP_LABELS[op]}")
         reference = next(i for i in groups[op] if i.name == _impls.TORCH_ALLOC)
         records.append(run_op(spec, op, groups[op] + copies, reference, args,
-                              train_wrong if op == "train_fwd" else None))
+                              train_wrong if op == "train_fwd" else None, bnorm))
     if spec.small:
         log(f"  {OP_LABELS[MODULE_OP]}")
         try:
@@ -216,8 +256,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     stall_start = cpu_stall_us()
 
-    torch.set_num_threads(args.threads)
-    bnorm.set_num_threads(args.threads)
+    set_threads(bnorm, args.threads)
     simd = bnorm.simd_path()
 
     meta = {
@@ -235,7 +274,10 @@ def main(argv=None) -> int:
         "bnorm": bnorm.__version__,
         "bnorm_simd_path": simd,
         "bnorm_file": bnorm.__file__,
-        "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick,
+        "repeat": args.repeat, "warmup": args.warmup, "quick": args.quick, "smoke": args.smoke,
+        "scaling": args.scaling and args.threads > 1,
+        "l3_bytes": _report.l3_bytes(),
+        "dram_min_bytes": int(args.dram_mib * 2**20),
         "copy_methods": _impls.COPY_METHODS,
         "copy_note": "the report's copy is the faster of the two per row",
         "torch_kernels": {
@@ -257,7 +299,7 @@ def main(argv=None) -> int:
         records += run_case(spec, bnorm, args)
         gc.collect()  # release this case's buffers (up to ~2 GB) before the next
 
-    summary_text, targets = _report.summary(records)
+    summary_text, targets = _report.summary(records, meta["dram_min_bytes"])
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     stall_end = cpu_stall_us()
     contention = None
@@ -273,7 +315,7 @@ def main(argv=None) -> int:
     if contention is not None and contention > CONTENTION_LIMIT:
         print(f"**WARNING: other processes competed for the CPUs during {contention:.0%} of the run "
               "(/proc/pressure/cpu): timings are unreliable; rerun on an idle machine.**\n")
-    print(_report.markdown_table(records, CONTENTION_LIMIT))
+    print(_report.markdown_table(records, CONTENTION_LIMIT, args.threads))
     print()
     mt = _report.module_table(records)
     if mt:
@@ -286,8 +328,12 @@ def main(argv=None) -> int:
           f" at {args.threads} threads and np.copyto split over {args.threads} Python threads."
           " numpy: single-threaded.")
     print("GB/s = minimal traffic / median (fwd: 2B, backward: 3B). torch/bnorm = faster torch variant /"
-          f" {_report.BNORM_OUT}; bnorm/copy = copy GB/s / bnorm GB/s."
+          f" {_report.BNORM_OUT}; torch/bnorm alloc = {_report.TORCH_ALLOC} / {_report.BNORM_ALLOC};"
+          f" alloc/out= = {_report.BNORM_ALLOC} / {_report.BNORM_OUT}; bnorm/copy = copy GB/s / bnorm GB/s."
           f" * = case measured while other processes used the CPUs (> {CONTENTION_LIMIT:.0%} stall).")
+    if meta["scaling"]:
+        print(f"1T: {_report.BNORM_OUT} and the faster torch call at {args.threads} threads, timed again at 1 thread"
+              f" (interleaved); 1→{args.threads}T = time at 1 thread / time at {args.threads} threads.")
     print()
     print(summary_text)
     if contention is not None and contention > CONTENTION_LIMIT:

@@ -131,3 +131,46 @@ def test_result_arrays_are_not_retained(arrays):
     dx = bn.backward(dy)
     # one reference held by the local name, one by getrefcount's argument
     assert sys.getrefcount(y) == 2 and sys.getrefcount(dx) == 2
+
+
+# Outputs of at least 4 MiB come from bnorm's recycled output blocks (src/binding/alloc.c):
+# kept blocks are freed memory that tracemalloc no longer counts, so these loops check that
+# recycling hides no leak: a leaked output is 4 MiB per call, hundreds of MiB over CALLS_LARGE.
+LARGE_SHAPE = (4, 16, 128, 128)  # float32: 4 MiB
+CALLS_LARGE = 200
+
+
+def large_calls(bn, x, dy):
+    bn.train()
+    bn(x)
+    bn.backward(dy)
+    bn.eval()
+    bn(x)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_recycled_large_outputs_leave_memory_flat(rng, layout):
+    x = rng.standard_normal(LARGE_SHAPE).astype(np.float32)
+    dy = rng.standard_normal(LARGE_SHAPE).astype(np.float32)
+    if layout == "channels_last":
+        x, dy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) for a in (x, dy))
+    bn = bnorm.BatchNorm2d(LARGE_SHAPE[1])
+    for _ in range(10):
+        large_calls(bn, x, dy)
+    gc.collect()
+    hits_before = bnorm._core._output_cache_info()["hits"]
+    tracemalloc.start()
+    try:
+        traced_before, rss_before = tracemalloc.get_traced_memory()[0], rss_bytes()
+        for _ in range(CALLS_LARGE):
+            large_calls(bn, x, dy)
+        gc.collect()
+        traced_growth = tracemalloc.get_traced_memory()[0] - traced_before
+        rss_growth = rss_bytes() - rss_before
+    finally:
+        tracemalloc.stop()
+    info = bnorm._core._output_cache_info()
+    assert info["hits"] - hits_before == 3 * CALLS_LARGE  # every output was a recycled block
+    assert info["bytes"] <= info["limit_bytes"] and info["blocks"] <= info["max_blocks"]
+    assert traced_growth < TRACED_BOUND, f"traced memory grew by {traced_growth} bytes"
+    assert SANITIZED or rss_growth < RSS_BOUND, f"RSS grew by {rss_growth} bytes"

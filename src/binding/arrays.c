@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "binding.h"
 
 static PyObject *shape_tuple(PyArrayObject *x)
@@ -238,7 +239,7 @@ static PyArrayObject *new_channels_last(PyArrayObject *like)
     axes[1] = ndim - 1;
     for (int k = 2; k < ndim; k++)
         axes[k] = k - 1;
-    PyArrayObject *memory = (PyArrayObject *)PyArray_EMPTY(ndim, memory_shape, PyArray_TYPE(like), 0);
+    PyArrayObject *memory = bn_new_output(ndim, memory_shape, PyArray_TYPE(like));
     if (memory == NULL)
         return NULL;
     PyArray_Dims permutation = {axes, ndim};
@@ -252,8 +253,7 @@ PyArrayObject *bn_output_array(PyObject *out, PyArrayObject *like, const char *n
     const int typenum = PyArray_TYPE(like);
     const int channels_last = bn_is_channels_last(like);
     if (out == NULL || out == Py_None)
-        return channels_last ? new_channels_last(like) : (PyArrayObject *)PyArray_EMPTY(PyArray_NDIM(like),
-                                                                                         PyArray_SHAPE(like), typenum, 0);
+        return channels_last ? new_channels_last(like) : bn_new_output(PyArray_NDIM(like), PyArray_SHAPE(like), typenum);
     if (!PyArray_Check(out)) {
         PyErr_Format(PyExc_TypeError, "%s: expected a numpy.ndarray or None, got %s", name, Py_TYPE(out)->tp_name);
         return NULL;

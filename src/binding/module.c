@@ -4,6 +4,7 @@
  * functional layer.
  */
 #define BN_MODULE_MAIN
+#include "alloc.h"
 #include "binding.h"
 
 #include <stdlib.h>
@@ -166,6 +167,8 @@ static int module_exec(PyObject *module)
         return -1;
     if (PyModule_AddFunctions(module, bn_functional_methods) < 0 ||
         PyModule_AddFunctions(module, bn_phase_methods) < 0)
+        return -1;
+    if (bn_alloc_init(module) < 0)
         return -1;
     if (init_simd() < 0 || init_threads() < 0)
         return -1;
