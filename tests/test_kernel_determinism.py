@@ -5,6 +5,8 @@ boundaries and merge orders depend only on the shape; no FMA contraction). These
 tests hold them to it, and check each level against the float64 reference.
 """
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -149,3 +151,40 @@ def test_forked_child_runs_a_forward(restore_config):
 def test_the_earlier_names_of_the_simd_level_functions_still_work():
     assert bnorm.simd_path() == bnorm.simd_level()
     assert bnorm.supported_simd_paths() == bnorm.supported_simd_levels()
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # Python >= 3.12
+def test_forked_child_uses_a_module_another_thread_was_running(restore_config):
+    # fork() copies the module's lock held by the thread running the call, which does
+    # not exist in the child: the child must get a fresh lock, not wait for ever.
+    bnorm.set_num_threads(1)
+    big, _ = make_problem((16, 4, 512, 512), np.float32)  # a forward of some 50 ms
+    small, _ = make_problem((4, 4, 8, 8), np.float32)
+    bn = bnorm.BatchNorm2d(4).eval()
+    expected = bn(small)
+    started = threading.Event()
+
+    def run():
+        started.set()
+        for _ in range(20):
+            bn(big)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    started.wait()
+    time.sleep(0.05)  # inside one of the worker's calls, whose lock the child inherits held
+    pid = os.fork()
+    if pid == 0:  # child: exit status 0 only if the call returned the right output
+        try:
+            os._exit(0 if np.array_equal(bn(small), expected) else 1)
+        finally:
+            os._exit(2)
+    worker.join()
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the module's lock")
+    assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0

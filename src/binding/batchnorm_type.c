@@ -12,6 +12,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#if !defined(_WIN32)
+#include <pthread.h>
+#endif
 
 #include "binding.h"
 #include <structmember.h>
@@ -19,6 +22,7 @@
 typedef struct {
     PyObject_HEAD
     PyThread_type_lock lock;
+    unsigned long lock_generation; /* the fork_generation the lock was made in */
     int typenum;       /* of inputs and outputs */
     int param_typenum; /* of parameters, running statistics and gradients */
     bn_dtype dtype;
@@ -44,8 +48,34 @@ static double *saved_mean(BatchNormObject *self) { return self->stats; }
 static double *saved_invstd(BatchNormObject *self) { return self->stats + self->num_features; }
 static double *batch_var(BatchNormObject *self) { return self->stats + 2 * self->num_features; }
 
+/* fork() copies a module's lock as it is: held, if another thread was running a call on
+ * the module, and that thread does not exist in the child. So a lock belongs to the fork
+ * generation it was made in (the child handler counts forks before the child has other
+ * threads), and a module first locked in a later generation takes a fresh lock, under the
+ * GIL. The copied lock is not freed: it may be held. */
+static unsigned long fork_generation;
+#if !defined(_WIN32)
+static void count_fork(void) { fork_generation++; }
+#endif
+
+void bn_batchnorm_init_fork(void)
+{
+#if !defined(_WIN32)
+    static int registered;
+    if (!registered)
+        registered = pthread_atfork(NULL, NULL, count_fork) == 0;
+#endif
+}
+
 static void lock_module(BatchNormObject *self)
 {
+    if (self->lock_generation != fork_generation) {
+        PyThread_type_lock fresh = PyThread_allocate_lock();
+        if (fresh != NULL) {
+            self->lock = fresh;
+            self->lock_generation = fork_generation;
+        }
+    }
     if (!PyThread_acquire_lock(self->lock, NOWAIT_LOCK)) {
         Py_BEGIN_ALLOW_THREADS
         PyThread_acquire_lock(self->lock, WAIT_LOCK);
@@ -142,6 +172,7 @@ static PyObject *BatchNorm_new(PyTypeObject *type, PyObject *args, PyObject *kwa
     if (self == NULL)
         goto fail;
     self->lock = PyThread_allocate_lock();
+    self->lock_generation = fork_generation;
     /* 3 * num_features can wrap around size_t for absurd counts; such a module
        could never be allocated anyway, so refuse it before multiplying. */
     if (self->lock != NULL && (size_t)num_features <= SIZE_MAX / 3)

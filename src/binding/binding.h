@@ -110,6 +110,8 @@ bn_status bn_run_forward(const bn_forward_call *call);
 extern PyType_Spec bn_batchnorm_spec;
 /* Gives the type's __call__ forward's text signature, keeping tp_call as it is (0, or -1 with an exception). */
 int bn_give_call_a_signature(PyTypeObject *type);
+/* Registers the fork handler by which a forked child replaces module locks copied while held. */
+void bn_batchnorm_init_fork(void);
 
 /* ---- functional.c ---- */
 extern PyMethodDef bn_functional_methods[];

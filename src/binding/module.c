@@ -170,6 +170,7 @@ static int module_exec(PyObject *module)
         return -1;
     if (bn_alloc_init(module) < 0)
         return -1;
+    bn_batchnorm_init_fork();
     if (init_simd() < 0 || init_threads() < 0)
         return -1;
     return 0;
