@@ -142,9 +142,9 @@ def rng(request):
 #   problem x - mean (the statistics the step normalises with), whose kappa is
 #   max |x_hat|, not max |x| / s; y is given no x at all (kappa 0: its toolkit
 #   scale, max |y| per channel, needs none, and the centred kappa would only
-#   loosen it).  (The float64 rounding of the mean still moves
-#   x_hat by eps64 * |x| / s: negligible beside eps(float32), but for a float64
-#   input it is the input's own conditioning, so there x itself is given.)
+#   loosen it).  The float64 rounding of the mean still moves x_hat by
+#   eps64 * |x| / s: negligible beside eps(float32), but for a float64 input it
+#   is the input's own conditioning, so there x itself is given.
 # * "input" conditioning (PyTorch): torch folds the statistics into
 #   y = x * a + b in the input dtype, so it is given x itself (kappa grows with
 #   the offset).
