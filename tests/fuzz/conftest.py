@@ -9,9 +9,10 @@ import pytest
 from .client import OUTCOMES, STATS, Server, _Summary
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(request, record_testsuite_property):
-    """One fuzz server for all the fuzzing tests; its figures are printed once, at the end."""
+    """One fuzz server for all the fuzzing tests of this package (stopped after the last
+    one, so the time printed is theirs); the figures are printed once, at the end."""
     summary = _Summary()
     request.config.pluginmanager.register(summary, "bnorm-fuzz-summary")
     srv = Server()
