@@ -5,9 +5,10 @@
 * ``torch``: the PyTorch module.  A missing torch is a test *error*, never a
   skip, because the parity tests are the point of this suite in CI.
 * ``reference``: bnorm.testing.reference, the float64 oracle.
-* ``checks``: the error model every comparison uses (``error_bounds``,
-  ``assert_close``) and ``check_step``, which runs one forward/backward of a
-  bnorm module and compares it with the reference (and optionally PyTorch).
+* ``checks``: ``Step``, which applies bnorm.testing's error model (the one
+  every comparison uses) to one forward/backward step, and ``check_step``,
+  which runs one step of a bnorm module and compares it with the reference
+  (and optionally PyTorch).
 
 Helpers are handed out as fixtures rather than imported from this file,
 which pytest does not support as a module.
@@ -36,21 +37,21 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _load_reference():
-    """Load bnorm/testing/reference.py from its file.
+def _load_testing_module(name):
+    """Load bnorm/testing/<name>.py from its file.
 
-    The oracle is pure NumPy, while ``import bnorm`` needs the compiled
-    extension; loading the file directly lets the oracle be validated
-    against PyTorch before (and independently of) any build.
+    The oracle and the assertions are pure NumPy, while ``import bnorm`` needs
+    the compiled extension; loading the files directly lets the oracle be
+    validated against PyTorch before (and independently of) any build.
     """
-    path = ROOT / "bnorm" / "testing" / "reference.py"
-    spec = importlib.util.spec_from_file_location("bnorm_reference_oracle", path)
+    path = ROOT / "bnorm" / "testing" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bnorm_testing_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-reference_module = _load_reference()
+reference_module = _load_testing_module("reference")
 
 
 def _run_python(code, **env):
@@ -118,139 +119,98 @@ def rng(request):
 
 
 # ----------------------------------------------------------------------------
-# The error model
+# The error model: bnorm.testing's (assert_batch_norm_close / batch_norm_tolerance)
 # ----------------------------------------------------------------------------
 #
-# Every comparison is |actual - expected| <= tolerance with
+# Every comparison is the toolkit's: |actual - expected| <= tol with
 #
-#     tolerance = K * eps(dtype) * (rounding + sqrt(M) * accumulated)
+#     tol = eps(dtype) * (4 |expected| + 8 (1 + sqrt(M)) (1 + kappa_c) A_c)
 #
-# where, for each element of the compared quantity,
-#   rounding     is the sum of magnitudes of the terms that are rounded a few
-#                times on the way to the result (including the result itself),
-#   accumulated  is the sum of magnitudes of the terms whose error comes from a
-#                reduction over the M values of a channel (mean, variance,
-#                sum(dy), sum(dy * x_hat)); blocked or pairwise summation
-#                grows such an error like sqrt(M) (random-walk rounding),
-# both derived below from the formulas, and
-#   K = 8        headroom for the handful (< 8) of rounded operations each term
-#                goes through; it is not tuned to any implementation.
+# (docstring of bnorm.testing.assert_batch_norm_close: A_c is the natural
+# magnitude of the quantity in channel c, kappa_c = max|x_c| / sqrt(var_c + eps)
+# the condition number of the input it is given).  What a step adds is which M
+# and which input the toolkit is told about:
 #
-# One term depends on how x - mean is formed.  bnorm keeps statistics in
-# float64 and must not lose them to a float32 rounding of the mean: an input
-# 1e4 + N(0, 1) must come out to ~1e-5 relative, so for bnorm x_hat
-# is known to float64 precision relative to |x| ("bnorm" conditioning).  PyTorch
-# folds the statistics into y = x * a + b in the input dtype, so its x_hat is
-# only known to eps(dtype) * |x| * invstd ("torch" conditioning).
+# * M is the number of values a quantity is reduced over: the channel's M for
+#   everything computed from batch statistics and for the per-channel sums and
+#   statistics, 0 for y and dx in eval mode (running statistics are constants,
+#   nothing is reduced);
+# * "float64" conditioning (bnorm): bnorm keeps statistics in float64 and must not
+#   lose them to a rounding of x - mean in the input dtype: an input 1e4 + N(0, 1)
+#   in float32 must come out as accurately as N(0, 1).  So for a float32 or float16
+#   input bnorm's error is bounded by the toolkit's tolerance for the centred
+#   problem x - mean (the statistics the step normalises with), whose kappa is
+#   max |x_hat|, not max |x| / s; y is given no x at all (kappa 0: its toolkit
+#   scale, max |y| per channel, needs none, and the centred kappa would only
+#   loosen it).  The float64 rounding of the mean still moves x_hat by
+#   eps64 * |x| / s: negligible beside eps(float32), but for a float64 input it
+#   is the input's own conditioning, so there x itself is given.
+# * "input" conditioning (PyTorch): torch folds the statistics into
+#   y = x * a + b in the input dtype, so it is given x itself (kappa grows with
+#   the offset).
+# * dx in eval mode is dy * gamma * invstd: x plays no part, none is given.
 
-K = 8
-EPS64 = np.finfo(np.float64).eps
-
-
-@dataclasses.dataclass
-class Bound:
-    """Error model of one quantity: see the comment above."""
-    rounding: np.ndarray
-    accumulated: np.ndarray
-    M: int
-
-    def tolerance(self, dtype):
-        eps = np.finfo(dtype).eps
-        return K * eps * (self.rounding + math.sqrt(max(self.M, 1)) * self.accumulated)
-
-
-def _channel(v, ndim):
-    """(C,) -> (1, C, 1, ...) for broadcasting against an ndim input."""
-    v = np.asarray(v, dtype=np.float64)
-    return v.reshape((1, v.size) + (1,) * (ndim - 2))
+assertions_module = _load_testing_module("assertions")
 
 
-@np.errstate(invalid="ignore", over="ignore", divide="ignore")  # NaN/inf inputs are tested on purpose
-def error_bounds(x, *, dtype, eps, mean, var, batch, gamma=None, beta=None, dy=None,
-                 running=None, conditioning="bnorm"):
-    """Bounds for y, dx, dgamma, dbeta, running_mean and running_var of one step.
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One forward/backward step, as the error model needs to know it.
 
-    ``mean``/``var`` are the statistics the step normalises with (batch or
-    running), ``batch`` says whether they are x's batch statistics (so that
-    they carry reduction error and the gradient flows through them), and
-    ``running`` is ``(running_mean, running_var, m)`` before a training
-    update with new-batch weight m, or None if the step updates nothing.
+    ``mean`` is the per-channel mean the step normalises with (the batch's or the
+    running one), ``batch`` whether those are x's batch statistics, ``weight`` gamma
+    (None: 1), ``dy`` the upstream gradient, ``conditioning`` "float64" (bnorm) or
+    "input" (PyTorch), see above.
     """
-    ref = reference_module
-    x = np.asarray(x, dtype=np.float64)
-    nd = x.ndim
-    axes = (0,) + tuple(range(2, nd))
-    C = x.shape[1]
-    M = x.size // C if C else 0
-    g = np.abs(_channel(np.ones(C) if gamma is None else gamma, nd))
-    b = np.abs(_channel(np.zeros(C) if beta is None else beta, nd))
-    invstd = _channel(1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps), nd)
-    mean_b = _channel(mean, nd)
-    x_hat = np.abs(x - mean_b) * invstd
-    x_eps = EPS64 if conditioning == "bnorm" else np.finfo(dtype).eps
-    x_hat_cond = x_hat + (x_eps / np.finfo(dtype).eps) * invstd * (np.abs(x) + np.abs(mean_b))
-    reduction = M if batch else 1
+    x: np.ndarray
+    dtype: np.dtype
+    eps: float
+    mean: np.ndarray
+    batch: bool
+    weight: np.ndarray = None
+    dy: np.ndarray = None
+    conditioning: str = "float64"
 
-    y = np.abs(ref.forward(x, gamma, beta, mean, var, eps))
-    bounds = {"y": Bound(rounding=y + g * x_hat_cond + b,
-                         accumulated=g * (1 + x_hat) if batch else np.zeros_like(x),
-                         M=reduction)}
-    if dy is not None:
-        dy = np.abs(np.asarray(dy, dtype=np.float64))
-        if batch:
-            # dx = g*invstd*(dy - mean(dy) - x_hat*mean(dy*x_hat)); A bounds both means and
-            # the error they inherit from x_hat's own error.
-            A = (dy * (1 + x_hat)).mean(axis=axes, keepdims=True) if M else np.zeros_like(invstd)
-            dx = Bound(rounding=g * invstd * (dy + A * (1 + x_hat_cond)),
-                       accumulated=3 * g * invstd * A * (1 + x_hat), M=M)
-        else:
-            dx = Bound(rounding=g * invstd * dy, accumulated=np.zeros_like(x), M=1)
-        bounds["dx"] = dx
-        bounds["dgamma"] = Bound(rounding=(dy * x_hat_cond).sum(axis=axes),
-                                 accumulated=(dy * (1 + x_hat)).sum(axis=axes), M=M)
-        bounds["dbeta"] = Bound(rounding=np.zeros(C), accumulated=dy.sum(axis=axes), M=M)
-    if running is not None and M > 1:
-        rm, rv, m = (np.asarray(running[0], np.float64), np.asarray(running[1], np.float64),
-                     float(running[2]))
-        var = np.asarray(var, dtype=np.float64)
-        unbiased = var * M / (M - 1)
-        bounds["running_mean"] = Bound(rounding=(1 - m) * np.abs(rm) + m * np.abs(mean),
-                                       accumulated=m * np.sqrt(var), M=M)
-        bounds["running_var"] = Bound(rounding=(1 - m) * np.abs(rv) + m * unbiased,
-                                      accumulated=m * unbiased, M=M)
-    return bounds
+    @np.errstate(invalid="ignore", over="ignore")  # NaN/inf inputs are tested on purpose
+    def _arguments(self, what):
+        x = np.asarray(self.x, dtype=np.float64)
+        C = x.shape[1]
+        reduced = self.batch or what not in ("y", "dx")
+        if what == "dx" and not self.batch:
+            x = None  # dx = dy * gamma * invstd: x plays no part
+        elif self.conditioning == "float64" and np.finfo(self.dtype).eps > np.finfo(np.float64).eps:
+            if what == "y":
+                x = None  # the centred problem's kappa would only loosen y: its scale needs no x
+            else:
+                x = x - np.asarray(self.mean, dtype=np.float64).reshape((1, C) + (1,) * (x.ndim - 2))
+        return {"reduction_size": (self.x.size // C if C else 0) if reduced else 0, "what": what, "x": x,
+                "dy": self.dy, "weight": self.weight, "eps": self.eps}
+
+    def tolerance(self, expected, what):
+        """The toolkit's per-element tolerance of quantity ``what`` (y, dx, dgamma, dbeta,
+        running_mean, running_var, save_mean, save_invstd)."""
+        return assertions_module.batch_norm_tolerance(expected, self.dtype, **self._arguments(what))[0]
+
+    def assert_close(self, actual, expected, what, label=None):
+        """assert_batch_norm_close for quantity ``what`` (failures name ``label``, default
+        ``what``); returns (max |error|, max |error| / tolerance) over the finite elements.
+        Dtypes are not compared here (the callers check them)."""
+        assertions_module.assert_batch_norm_close(actual, expected, self.dtype, check_dtype=False,
+                                                  err_msg=label or what, **self._arguments(what))
+        return error_ratio(actual, expected, self.tolerance(expected, what))
 
 
 @np.errstate(invalid="ignore", over="ignore")
-def assert_close(actual, expected, tolerance, what=""):
-    """Assert |actual - expected| <= tolerance elementwise; return (max error, max error/tolerance).
-
-    Non-finite expected values must be matched exactly: NaN by NaN (a NaN must
-    stay in its channel, and must not vanish either) and inf by the same inf.
-    """
-    actual = np.asarray(actual)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
-    a = actual.astype(np.float64)
-    nan = np.isnan(expected)
-    assert np.isnan(a[nan]).all(), f"{what}: expected NaN at {np.argwhere(nan & ~np.isnan(a))[:5].tolist()}"
-    inf = np.isinf(expected)
-    assert (a[inf] == expected[inf]).all(), f"{what}: infinities differ"
-    finite = np.isfinite(expected)
-    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), expected.shape)
-    err = np.abs(a - expected)
-    bad = finite & ~(err <= tol)
-    if bad.any():
-        worst = np.unravel_index(np.argmax(np.where(bad, err / np.where(tol > 0, tol, 1e-300), 0)),
-                                 expected.shape)
-        raise AssertionError(
-            f"{what}: {bad.sum()} of {expected.size} elements outside tolerance; worst at {worst}: "
-            f"got {a[worst]!r}, expected {expected[worst]!r}, |error| {err[worst]:.3e} > "
-            f"tolerance {tol[worst]:.3e}")
+def error_ratio(actual, expected, tolerance):
+    """(max |actual - expected|, max |actual - expected| / tolerance) over the finite elements."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    finite = np.isfinite(a) & np.isfinite(e)
     if not finite.any():
         return 0.0, 0.0
-    ratio = err[finite] / np.maximum(tol[finite], np.finfo(np.float64).tiny)
-    return float(err[finite].max()), float(ratio.max())
+    err = np.abs(a - e)[finite]
+    tol = np.broadcast_to(tolerance, e.shape)[finite]
+    return float(err.max()), float((err / np.maximum(tol, np.finfo(np.float64).tiny)).max())
 
 
 # ----------------------------------------------------------------------------
@@ -306,10 +266,12 @@ def check_step(bn, x, dy, *, torch_bn=None):
     """Run bn(x) and bn.backward(dy); compare with the reference, or with torch_bn.
 
     The reference starts from the module's current state, so every step is
-    checked on its own and errors do not compound across steps.  With
-    ``torch_bn`` the expected values are PyTorch's (autograd) and the
-    tolerance is the sum of PyTorch's and bnorm's bounds.  Returns
-    {quantity: (max |error|, max |error|/tolerance)}.
+    checked on its own and errors do not compound across steps.  bnorm's results
+    must be within the toolkit's tolerance ("float64" conditioning) of the float64
+    reference; with ``torch_bn`` PyTorch's (autograd) must also be within its own
+    ("input" conditioning), which bounds |bnorm - torch| by the sum of the two.
+    Returns {quantity: (max |error|, max |error|/tolerance)}: bnorm against the
+    reference, or with ``torch_bn`` bnorm against torch relative to that sum.
     """
     dtype = bn.dtype
     C = bn.num_features
@@ -334,7 +296,6 @@ def check_step(bn, x, dy, *, torch_bn=None):
                 torch_bn(torch.from_numpy(np.ascontiguousarray(x)))
         return {}
 
-    nbt_before = bn.num_batches_tracked if bn.track_running_stats else None
     y = bn(x)
     y_ref = ref(x)
     dx = bn.backward(dy)
@@ -343,22 +304,14 @@ def check_step(bn, x, dy, *, torch_bn=None):
     assert_output_layout(y, x, "y")
     _check_new_array(dx, x.shape, dtype, "dx")
 
-    if batch:
-        mean, var = reference_module.batch_stats(x)
-    else:
-        mean, var = before["running_mean"], before["running_var"]
-    m = None
-    if updates:
-        m = bn.momentum if bn.momentum is not None else 1.0 / (nbt_before + 1)
-    running = (before["running_mean"], before["running_var"], m) if updates else None
+    mean = reference_module.batch_stats(x)[0] if batch else before["running_mean"]
+    step = Step(x, dtype, bn.eps, mean, batch, weight=ref.gamma, dy=dy)
 
     expected = {"y": y_ref, "dx": dx_ref}
     if bn.affine:
         expected.update(dgamma=ref.grad_gamma, dbeta=ref.grad_beta)
     if updates and M > 0:
         expected.update(running_mean=ref.running_mean, running_var=ref.running_var)
-    bounds = error_bounds(x, dtype=dtype, eps=bn.eps, mean=mean, var=var, batch=batch,
-                          gamma=ref.gamma, beta=ref.beta, dy=dy, running=running)
 
     if torch_bn is not None:
         xt = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_(True)
@@ -372,16 +325,11 @@ def check_step(bn, x, dy, *, torch_bn=None):
         if updates and M > 0:
             torch_values.update(running_mean=torch_bn.running_mean.numpy(),
                                 running_var=torch_bn.running_var.numpy())
-        torch_bounds = error_bounds(x, dtype=dtype, eps=bn.eps, mean=mean, var=var, batch=batch,
-                                    gamma=ref.gamma, beta=ref.beta, dy=dy, running=running,
-                                    conditioning="torch")
-        tolerances = {k: bounds[k].tolerance(dtype) + torch_bounds[k].tolerance(dtype)
-                      for k in expected}
-        expected = {k: torch_values[k] for k in expected}
+        torch_step = dataclasses.replace(step, conditioning="input")
+        for k in expected:
+            torch_step.assert_close(torch_values[k], expected[k], k, f"torch {k}")
         if bn.track_running_stats:
             assert int(torch_bn.num_batches_tracked) == ref.num_batches_tracked
-    else:
-        tolerances = {k: bounds[k].tolerance(dtype) for k in expected}
 
     actual = {"y": y, "dx": dx}
     if bn.affine:
@@ -403,7 +351,12 @@ def check_step(bn, x, dy, *, torch_bn=None):
     if M == 0 and bn.affine:  # nothing to sum: exactly zero, as torch gives
         np.testing.assert_array_equal(bn.grad_gamma, 0)
         np.testing.assert_array_equal(bn.grad_beta, 0)
-    return {k: assert_close(actual[k], expected[k], tolerances[k], what=k) for k in expected}
+    errors = {k: step.assert_close(actual[k], expected[k], k) for k in expected}
+    if torch_bn is None:
+        return errors
+    return {k: error_ratio(actual[k], torch_values[k],
+                           step.tolerance(expected[k], k) + torch_step.tolerance(expected[k], k))
+            for k in expected}
 
 
 def torch_like(bn, ndim):
@@ -425,6 +378,9 @@ def torch_like(bn, ndim):
 # ----------------------------------------------------------------------------
 # Finite differences
 # ----------------------------------------------------------------------------
+
+EPS64 = np.finfo(np.float64).eps
+
 
 def numerical_gradient(f, a):
     """Central-difference gradient of the scalar f() with respect to the float64 array a.
@@ -460,14 +416,13 @@ def assert_gradient_close(analytic, numeric, what=""):
     """
     analytic = np.asarray(analytic, dtype=np.float64)
     scale = 1.0 + np.abs(numeric).max(initial=0.0)
-    return assert_close(analytic, numeric, math.sqrt(EPS64) * scale, what=what)
+    np.testing.assert_allclose(analytic, numeric, rtol=0, atol=math.sqrt(EPS64) * scale, err_msg=what)
 
 
 @pytest.fixture(scope="session")
 def checks():
     """The helpers above, for the test modules."""
-    return types.SimpleNamespace(K=K, Bound=Bound, error_bounds=error_bounds,
-                                 assert_close=assert_close, check_step=check_step,
+    return types.SimpleNamespace(Step=Step, error_ratio=error_ratio, check_step=check_step,
                                  reference_like=reference_like, torch_like=torch_like,
                                  numerical_gradient=numerical_gradient,
                                  assert_gradient_close=assert_gradient_close,

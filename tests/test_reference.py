@@ -70,20 +70,19 @@ def test_forward_backward_match_torch(reference, checks, torch, rng, shape, trai
     x, dy, gamma, beta = random_problem(rng, shape, offset=3.0)
     if training:
         mean = var = None
-        used_mean, used_var = reference.batch_stats(x)
+        used_mean = reference.batch_stats(x)[0]
     else:  # running statistics deliberately unlike the batch's
         mean = used_mean = rng.normal(size=shape[1])
-        var = used_var = rng.uniform(0.1, 3.0, shape[1])
+        var = rng.uniform(0.1, 3.0, shape[1])
     expected = _torch_functional(torch, x, dy, gamma, beta, mean, var, eps, training)
     actual = {"y": reference.forward(x, gamma, beta, mean, var, eps)}
     actual["dx"], actual["dgamma"], actual["dbeta"] = reference.backward(
         dy, x, gamma, mean, var, eps, training=training)
-    bounds = checks.error_bounds(x, dtype=np.float64, eps=eps, mean=used_mean, var=used_var,
-                                 batch=training, gamma=gamma, beta=beta, dy=dy,
-                                 conditioning="torch")
+    model = checks.Step(x, np.float64, eps, used_mean, training, weight=gamma, dy=dy,
+                        conditioning="input")
     for name, value in actual.items():
         assert value.dtype == np.float64
-        checks.assert_close(value, expected[name], bounds[name].tolerance(np.float64), what=name)
+        model.assert_close(value, expected[name], name)
 
 
 def test_affine_none_means_identity_parameters(reference, rng):
@@ -263,15 +262,11 @@ def test_error_model_covers_torch_float32(reference, checks, torch, rng, offset,
     expected = {"y": reference.forward(x, gamma, beta, mean, var)}
     expected["dx"], expected["dgamma"], expected["dbeta"] = reference.backward(
         dy, x, gamma, mean, var, training=training)
-    running = None
     if training:
-        running = (rm, rv, 0.1)
         expected["running_mean"], expected["running_var"] = reference.update_running(
             rm, rv, mean, var, x.size // 4, 0.1)
         torch_values.update(running_mean=tbn.running_mean.numpy(),
                             running_var=tbn.running_var.numpy())
-    bounds = checks.error_bounds(x, dtype=np.float32, eps=1e-5, mean=mean, var=var, batch=training,
-                                 gamma=gamma, beta=beta, dy=dy, running=running,
-                                 conditioning="torch")
+    model = checks.Step(x, np.float32, 1e-5, mean, training, weight=gamma, dy=dy, conditioning="input")
     for name, value in expected.items():
-        checks.assert_close(torch_values[name], value, bounds[name].tolerance(np.float32), what=name)
+        model.assert_close(torch_values[name], value, name)
