@@ -162,11 +162,11 @@ def test_forked_child_uses_a_module_another_thread_was_running(restore_config):
     small, _ = make_problem((4, 4, 8, 8), np.float32)
     bn = bnorm.BatchNorm2d(4).eval()
     expected = bn(small)
-    started = threading.Event()
+    started, stop = threading.Event(), threading.Event()
 
     def run():
         started.set()
-        for _ in range(20):
+        while not stop.is_set():
             bn(big)
 
     worker = threading.Thread(target=run)
@@ -179,6 +179,7 @@ def test_forked_child_uses_a_module_another_thread_was_running(restore_config):
             os._exit(0 if np.array_equal(bn(small), expected) else 1)
         finally:
             os._exit(2)
+    stop.set()
     worker.join()
     deadline = time.monotonic() + 60
     while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
