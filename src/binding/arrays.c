@@ -397,3 +397,16 @@ int bn_raise_status(bn_status status)
     PyErr_NoMemory();
     return -1;
 }
+
+/* Releases a running statistic from bn_param_array(in_place), first copying a
+ * contiguous stand-in for a strided array back into it when the call succeeded. */
+void bn_release_running(PyArrayObject *arr, int succeeded)
+{
+    if (arr == NULL)
+        return;
+    if (succeeded)
+        PyArray_ResolveWritebackIfCopy(arr);
+    else
+        PyArray_DiscardWritebackIfCopy(arr);
+    Py_DECREF(arr);
+}

@@ -75,6 +75,9 @@ bn_memory_relation bn_relate_memory(PyArrayObject *a, PyArrayObject *b);
  * PyArray_ResolveWritebackIfCopy (or Discard) on it before releasing it. */
 int bn_param_array(PyObject *obj, int typenum, npy_intp channels, const char *name, int in_place,
                    PyArrayObject **result);
+/* Releases a running statistic from bn_param_array(in_place), copying a contiguous
+ * stand-in for a strided array back into it when the call succeeded. */
+void bn_release_running(PyArrayObject *arr, int succeeded);
 
 /* ---- policy.c: which statistics a forward uses and what it does to the running ones ---- */
 

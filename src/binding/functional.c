@@ -12,22 +12,9 @@ static PyArrayObject *new_stats_vector(npy_intp channels)
     return (PyArrayObject *)PyArray_EMPTY(1, &channels, NPY_DOUBLE, 0);
 }
 
-/* Releases a running statistic from bn_param_array(in_place), first copying a
- * contiguous stand-in for a strided array back into it when the call succeeded. */
-static void write_back(PyArrayObject *arr, int succeeded)
-{
-    if (arr == NULL)
-        return;
-    if (succeeded)
-        PyArray_ResolveWritebackIfCopy(arr);
-    else
-        PyArray_DiscardWritebackIfCopy(arr);
-    Py_DECREF(arr);
-}
-
 /* bn_param_array for this layer, which, as torch does, also takes float16 parameters and running
  * statistics with float16 input (the modules keep float32 ones): the kernels read them, and update
- * running statistics, through float32 copies that write_back copies back. */
+ * running statistics, through float32 copies that bn_release_running copies back. */
 static int param_for_input(PyObject *obj, int x_typenum, npy_intp channels, const char *name, int in_place,
                            PyArrayObject **result)
 {
@@ -121,8 +108,8 @@ static PyObject *batch_norm(PyObject *Py_UNUSED(module), PyObject *args, PyObjec
         result = PyTuple_Pack(3, y, mean, invstd);
 done:
     Py_DECREF(x);
-    write_back(rm, result != NULL);
-    write_back(rv, result != NULL);
+    bn_release_running(rm, result != NULL);
+    bn_release_running(rv, result != NULL);
     Py_XDECREF(weight);
     Py_XDECREF(bias);
     Py_XDECREF(y);

@@ -98,17 +98,6 @@ static int running_array(PyObject *obj, int typenum, npy_intp channels, const ch
     return bn_param_array(obj, typenum < 0 ? NPY_DOUBLE : typenum, channels, name, 1, result);
 }
 
-static void release_running(PyArrayObject *arr, int succeeded)
-{
-    if (arr == NULL)
-        return;
-    if (succeeded)
-        PyArray_ResolveWritebackIfCopy(arr);
-    else
-        PyArray_DiscardWritebackIfCopy(arr);
-    Py_DECREF(arr);
-}
-
 static PyObject *batch_norm_gather_stats_with_counts(PyObject *Py_UNUSED(module), PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"moments", "running_mean", "running_var", "momentum", "eps", NULL};
@@ -170,8 +159,8 @@ static PyObject *batch_norm_gather_stats_with_counts(PyObject *Py_UNUSED(module)
     result = Py_BuildValue("OOL", mean, invstd, (long long)total);
 done:
     Py_DECREF(moments);
-    release_running(rm, result != NULL);
-    release_running(rv, result != NULL);
+    bn_release_running(rm, result != NULL);
+    bn_release_running(rv, result != NULL);
     Py_XDECREF(mean);
     Py_XDECREF(invstd);
     Py_XDECREF(var);

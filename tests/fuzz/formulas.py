@@ -11,7 +11,9 @@ class Formulas:
     """Program's expected values (a mixin)."""
 
     def close(self, actual, expected, scale, rtol):
-        """|actual - expected| <= rtol * scale elementwise, non-finite values matched exactly."""
+        """|actual - expected| <= rtol * scale elementwise, non-finite values matched exactly;
+        an actual inf stands for a value past the dtype's largest (which rounds to inf) where
+        the tolerance reaches that far."""
         np = self.np
         a = np.asarray(actual, dtype=np.float64)
         e = np.asarray(expected, dtype=np.float64)
@@ -24,6 +26,12 @@ class Formulas:
             err = np.abs(a[finite] - e[finite])
             tol = rtol * (np.asarray(scale, dtype=np.float64)[finite] + 1e-30)
         bad = ~(err <= tol)
+        dtype = np.asarray(actual).dtype
+        if dtype.kind == "f":  # a result past the dtype's largest value rounds to inf
+            largest = np.finfo(dtype).max
+            overflow = float(largest) + float(np.spacing(largest)) / 2
+            a_f, e_f = a[finite], e[finite]
+            bad &= ~(np.isinf(a_f) & (np.sign(a_f) == np.sign(e_f)) & (np.abs(e_f) + tol >= overflow))
         if bad.any():
             i = int(np.argmax(bad))
             return f"{bad.sum()} values off, e.g. {a[finite][i]!r} vs {e[finite][i]!r} (tol {tol[i]:.3g})"
