@@ -29,7 +29,8 @@ class Formulas:
         dtype = np.asarray(actual).dtype
         if dtype.kind == "f":  # a result past the dtype's largest value rounds to inf
             largest = np.finfo(dtype).max
-            overflow = float(largest) + float(np.spacing(largest)) / 2
+            below = np.nextafter(largest, dtype.type(0))
+            overflow = float(largest) + (float(largest) - float(below)) / 2  # the rounding boundary
             a_f, e_f = a[finite], e[finite]
             bad &= ~(np.isinf(a_f) & (np.sign(a_f) == np.sign(e_f)) & (np.abs(e_f) + tol >= overflow))
         if bad.any():

@@ -96,7 +96,10 @@ class ModuleChecks:
             # momentum may be any finite float (as in torch): outside [0, 1] both terms
             # are scaled up, and the result may overflow the dtype to inf.
             scale_m = abs(1 - mo) * np.abs(before["running_mean"]) + abs(mo) * (np.abs(mean) + np.sqrt(var)) + 1e-30
-            scale_v = abs(1 - mo) * np.abs(before["running_var"]) + abs(mo) * var * count / max(count - 1, 1) + 1e-30
+            # A (near-)constant channel's variance is known only to the rounding of its mean:
+            # the float64 formula may give 1e-32 where bnorm's exact answer is 0.
+            spread = var + np.finfo(np.float64).eps * (np.abs(mean) + np.sqrt(var)) ** 2
+            scale_v = abs(1 - mo) * np.abs(before["running_var"]) + abs(mo) * spread * count / max(count - 1, 1) + 1e-30
             for attr, want, scale in (("running_mean", rm, scale_m), ("running_var", rv, scale_v)):
                 with np.errstate(over="ignore", invalid="ignore"):
                     want = np.asarray(want).astype(after[attr].dtype)
