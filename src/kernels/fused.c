@@ -529,6 +529,20 @@ static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl
     job->apply = cl ? apply_output_cl : apply_output;
 }
 
+/* The arrays of a call; the statistics are written only by the schedules that compute
+ * them (training forward, local moments), so read-only ones are cast here once. */
+static void set_operands(bn_job *job, const void *x, const void *dy, void *out, const void *gamma, const void *beta,
+                         const double *mean, const double *invstd)
+{
+    job->x = x;
+    job->dy = dy;
+    job->out = out;
+    job->gamma = gamma;
+    job->beta = beta;
+    job->mean = (double *)mean;
+    job->invstd = (double *)invstd;
+}
+
 /* ---- public kernels ---- */
 
 bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y, const void *gamma,
@@ -543,14 +557,9 @@ bn_status bn_forward_train(bn_dtype dtype, bn_dims dims, const void *x, void *y,
     }
     set_steps(&job, gather_moments, gather_moments_cl, reduce_moments);
     job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
-    job.x = x;
-    job.out = y;
-    job.gamma = gamma;
-    job.beta = beta;
+    set_operands(&job, x, NULL, y, gamma, beta, mean, invstd);
     job.eps = eps;
-    job.mean = mean;
     job.var = var;
-    job.invstd = invstd;
     return run_job(&job);
 }
 
@@ -563,13 +572,7 @@ bn_status bn_forward_eval(bn_dtype dtype, bn_dims dims, const void *x, void *y, 
         return BN_OK;
     set_steps(&job, NULL, NULL, set_affine_coef);
     job.terms = BN_USE_X | (relu ? BN_RELU_CLAMP : 0);
-    job.x = x;
-    job.out = y;
-    job.gamma = gamma;
-    job.beta = beta;
-    /* read-only here: the job's statistics pointers are shared with training */
-    job.mean = (double *)mean;
-    job.invstd = (double *)invstd;
+    set_operands(&job, x, NULL, y, gamma, beta, mean, invstd);
     return run_job(&job);
 }
 
@@ -593,13 +596,7 @@ bn_status bn_backward(bn_dtype dtype, bn_dims dims, const void *x, const void *d
     /* with constant statistics dx does not depend on x, except through a ReLU mask */
     job.terms = (batch_stats ? BN_USE_X : 0) | BN_USE_DY | (relu ? BN_RELU_MASK : 0);
     job.relu = relu;
-    job.x = x;
-    job.dy = dy;
-    job.out = dx;
-    job.gamma = gamma;
-    job.beta = beta;
-    job.mean = (double *)mean;
-    job.invstd = (double *)invstd;
+    set_operands(&job, x, dy, dx, gamma, beta, mean, invstd);
     job.batch_stats = batch_stats;
     job.dgamma = dgamma;
     job.dbeta = dbeta;
@@ -693,12 +690,7 @@ bn_status bn_grad_sums(bn_dtype dtype, bn_dims dims, const void *x, const void *
     job.apply = NULL;
     job.prepare = set_relu_coef;
     job.relu = relu;
-    job.x = x;
-    job.dy = dy;
-    job.gamma = gamma;
-    job.beta = beta;
-    job.mean = (double *)mean;
-    job.invstd = (double *)invstd;
+    set_operands(&job, x, dy, NULL, gamma, beta, mean, invstd);
     job.sum_dy = sum_dy;
     job.sum_dy_xmu = sum_dy_xmu;
     return run_job(&job);
@@ -726,13 +718,7 @@ bn_status bn_backward_from_sums(bn_dtype dtype, bn_dims dims, const void *x, con
     job.terms = BN_USE_X | BN_USE_DY | (relu ? BN_RELU_MASK : 0);
     job.relu = relu;
     job.batch_stats = 1;
-    job.x = x;
-    job.dy = dy;
-    job.out = dx;
-    job.gamma = gamma;
-    job.beta = beta;
-    job.mean = (double *)mean;
-    job.invstd = (double *)invstd;
+    set_operands(&job, x, dy, dx, gamma, beta, mean, invstd);
     job.sum_dy = (double *)sum_dy;
     job.sum_dy_xmu = (double *)sum_dy_xmu;
     job.count = (double)count;
