@@ -149,12 +149,15 @@ static PyObject *batch_norm_gather_stats_with_counts(PyObject *Py_UNUSED(module)
                      "channel over all %zd parts", (Py_ssize_t)parts);
         goto done;
     }
+    bn_dtype running_dtype = BN_FLOAT64; /* running_array took float32 or float64 */
+    if (rm != NULL)
+        bn_dtype_from_typenum(PyArray_TYPE(rm), &running_dtype);
     Py_BEGIN_ALLOW_THREADS
     bn_merge_moments(parts, channels, m, eps, PyArray_DATA(count), PyArray_DATA(mean), PyArray_DATA(var),
                      PyArray_DATA(invstd));
     if (rm != NULL && total > 0)
-        bn_update_running(PyArray_TYPE(rm) == NPY_FLOAT ? BN_FLOAT32 : BN_FLOAT64, channels, PyArray_DATA(rm),
-                          PyArray_DATA(rv), PyArray_DATA(mean), PyArray_DATA(var), (int64_t)total, momentum);
+        bn_update_running(running_dtype, channels, PyArray_DATA(rm), PyArray_DATA(rv), PyArray_DATA(mean),
+                          PyArray_DATA(var), (int64_t)total, momentum);
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("OOL", mean, invstd, (long long)total);
 done:
