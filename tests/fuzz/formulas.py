@@ -11,9 +11,11 @@ class Formulas:
     """Program's expected values (a mixin)."""
 
     def close(self, actual, expected, scale, rtol):
-        """|actual - expected| <= rtol * scale elementwise, non-finite values matched exactly;
-        an actual inf stands for a value past the dtype's largest (which rounds to inf) where
-        the tolerance reaches that far."""
+        """|actual - expected| <= rtol * scale elementwise, non-finite values matched exactly.
+
+        Each value is also allowed the dtype's absolute rounding floor (half its smallest
+        subnormal: a smaller result underflows to 0), and an actual inf stands for a value
+        past the dtype's largest (which rounds to inf) where the tolerance reaches that far."""
         np = self.np
         a = np.asarray(actual, dtype=np.float64)
         e = np.asarray(expected, dtype=np.float64)
@@ -25,8 +27,10 @@ class Formulas:
         with np.errstate(invalid="ignore", over="ignore"):
             err = np.abs(a[finite] - e[finite])
             tol = rtol * (np.asarray(scale, dtype=np.float64)[finite] + 1e-30)
-        bad = ~(err <= tol)
         dtype = np.asarray(actual).dtype
+        if dtype.kind == "f":  # a result below half the smallest subnormal rounds to 0
+            tol = tol + float(np.finfo(dtype).smallest_subnormal) / 2
+        bad = ~(err <= tol)
         if dtype.kind == "f":  # a result past the dtype's largest value rounds to inf
             largest = np.finfo(dtype).max
             below = np.nextafter(largest, dtype.type(0))
