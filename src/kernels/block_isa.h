@@ -75,29 +75,33 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NARROW1 BN_CAST_NARROW1
 #define BN_ZERO_BELOW 0.0f
 #define BN_CHUNKED_TAILS 0
+#define BN_LANE_SUMS 1
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_COMPUTE
 #undef BN_ZERO_BELOW
-#define BN_OPS_f32 BN_OPS_ENTRY(f32)
+#define BN_OPS_f32 BN_OPS_ENTRY(f32, 1)
 
 #define BN_T double
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
 #define BN_COMPUTE double
 #define BN_ZERO_BELOW 0.0
+#undef BN_LANE_SUMS
+#define BN_LANE_SUMS 0
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
 #undef BN_COMPUTE
 #undef BN_ZERO_BELOW
 #undef BN_CHUNKED_TAILS
+#undef BN_LANE_SUMS
 #undef BN_WIDE_CHUNK
 #undef BN_OUT_CHUNK
 #undef BN_OUT_CHUNK_STORE
 #undef BN_WIDEN1
 #undef BN_NARROW1
-#define BN_OPS_f64 BN_OPS_ENTRY(f64)
+#define BN_OPS_f64 BN_OPS_ENTRY(f64, 0)
 
 #if BN_HAVE_FLOAT16
 /* float16 is computed in float (it has 11 bits). Conversions use F16C where the
@@ -167,6 +171,7 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
  * (exactly half rounds to even: 0) */
 #define BN_ZERO_BELOW 0x1p-25f
 #define BN_CHUNKED_TAILS 1
+#define BN_LANE_SUMS 1
 #include "block_template.h"
 #undef BN_T
 #undef BN_NAME
@@ -178,22 +183,30 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
 #undef BN_NARROW1
 #undef BN_ZERO_BELOW
 #undef BN_CHUNKED_TAILS
-#define BN_OPS_f16 BN_OPS_ENTRY(f16)
+#undef BN_LANE_SUMS
+#define BN_OPS_f16 BN_OPS_ENTRY(f16, 1)
 #else
 #define BN_OPS_f16 {0} /* no loops: bn_dtype_supported(BN_FLOAT16) is 0 */
 #endif
 
-/* The table entry of the loops instantiated with `suffix`. */
-#define BN_OPS_ENTRY(suffix)                                                                  \
-    {                                                                                           \
-        .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), \
-        .grad_sums = BN_EXPAND3(grad_sums, suffix, BN_LEVEL),                                   \
-        .shifted_sums = BN_EXPAND3(shifted_sums, suffix, BN_LEVEL),                             \
+/* The table entry of the loops instantiated with `suffix`; `lanes`: whether they
+ * have float-lane sums (BN_LANE_SUMS). */
+#define BN_LANE_ENTRY_0(op, suffix) NULL
+#define BN_LANE_ENTRY_1(op, suffix) BN_EXPAND3(op, suffix, BN_LEVEL)
+#define BN_LANE_ENTRY(lanes, op, suffix) BN_LANE_ENTRY_##lanes(op, suffix)
+#define BN_OPS_ENTRY(suffix, lanes)                                                                \
+    {                                                                                              \
+        .sum = BN_EXPAND3(sum, suffix, BN_LEVEL), .grad_sums = BN_EXPAND3(grad_sums, suffix, BN_LEVEL), \
+        .shifted_sums = BN_EXPAND3(shifted_sums, suffix, BN_LEVEL),                                \
+        .lane_shifted_sums = BN_LANE_ENTRY(lanes, lane_shifted_sums, suffix),                      \
+        .lane_grad_sums = BN_LANE_ENTRY(lanes, lane_grad_sums, suffix),                            \
         .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
-        .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                             \
-        .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                             \
-        .cl_set_coefs = BN_EXPAND3(cl_set_coefs, suffix, BN_LEVEL),                   \
-        .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                   \
+        .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                                \
+        .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                          \
+        .cl_lane_shifted_sums = BN_LANE_ENTRY(lanes, cl_lane_shifted_sums, suffix),                \
+        .cl_lane_grad_sums = BN_LANE_ENTRY(lanes, cl_lane_grad_sums, suffix),                      \
+        .cl_set_coefs = BN_EXPAND3(cl_set_coefs, suffix, BN_LEVEL),                                \
+        .cl_output = BN_EXPAND3(cl_output, suffix, BN_LEVEL),                                      \
     }
 
 #define BN_PASTE_TABLE(level) bn_ops_##level

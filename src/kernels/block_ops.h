@@ -44,6 +44,16 @@ typedef struct {
     /* sum of d = x - shift and of d^2 (the centred sums when shift is the mean) */
     void (*shifted_sums)(const void *x, int64_t rows, int64_t width, int64_t stride, double shift, double *sum_d,
                          double *sum_d2);
+    /* sum_d, sum_d2 and sum_dy, sum_dy_xmu as shifted_sums and grad_sums compute
+     * them, accumulated in BN_COMPUTE lanes instead of double: each lane sums at most
+     * BN_STRETCH values before it is folded into a double (docs/numerics.md gives the
+     * error bound). NULL where BN_COMPUTE is double. A float lane can overflow where
+     * a double would not: the schedules redo a block with non-finite results (and
+     * moments whose shift lies too far from the mean) with the double loops. */
+    void (*lane_shifted_sums)(const void *x, int64_t rows, int64_t width, int64_t stride, double shift,
+                              double *sum_d, double *sum_d2);
+    void (*lane_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
+                           const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu);
     /* out from x and dy (see bn_coefs); stream: write whole cache lines with
      * non-temporal stores */
     void (*output)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
@@ -58,8 +68,13 @@ typedef struct {
     void (*cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefs);
     void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
                          const void *cl_coefs, int relu_mask, double *sum_dy, double *sum_dy_xmu);
+    /* the float-lane variants of cl_shifted_sums and cl_grad_sums (see lane_shifted_sums) */
+    void (*cl_lane_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
+                                 double *sum_d2);
+    void (*cl_lane_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
+                              const void *cl_coefs, int relu_mask, double *sum_dy, double *sum_dy_xmu);
     void (*cl_output)(const void *x, const void *dy, void *out, int64_t rows, int64_t channels, const void *cl_coefs,
-                      int terms);
+                      int terms, int stream);
 } bn_block_ops;
 
 /* Index by bn_dtype; the float16 entry is all NULL where the compiler lacks _Float16. */

@@ -337,10 +337,39 @@ static void store_moments(double *p, double count, double shift, double sum_d, d
     p[2] = sum_d2 - sum_d * sum_d / count;
 }
 
+/* Float-lane moments of a block (see lane_shifted_sums) are kept when finite and
+ * when the shift lies within sqrt(BN_SHIFT_SPREAD) standard deviations of the block's
+ * mean: n (mean - shift)^2 = sum_d^2 / n <= BN_SHIFT_SPREAD * M2. Then the sum of
+ * squares is at most 1 + BN_SHIFT_SPREAD times the centred one, which bounds the
+ * error of M2 relative to M2 itself (docs/numerics.md); otherwise the block is
+ * summed again in double. */
+#define BN_SHIFT_SPREAD 8.0
+/* The shift of float32 and float16 blocks: the mean of up to this many values at the
+ * block's start (NCHW: of its first row; channels-last: of its first rows, per
+ * channel), an estimate of the block's mean that a single outlier moves little. */
+#define BN_SHIFT_SAMPLES 16
+
+static int lane_moments_kept(double count, double sum_d, double sum_d2)
+{
+    const double offset = sum_d * sum_d / count;
+    return isfinite(sum_d2) && offset <= BN_SHIFT_SPREAD * (sum_d2 - offset);
+}
+
+/* The mean of `count` values `step` elements apart, rounded to the type the float
+ * lanes compute in (so that both loops subtract the same shift); 0 if not finite. */
+static double shift_estimate(bn_dtype dtype, const char *x, int64_t count, int64_t step)
+{
+    double sum = 0.0;
+    for (int64_t i = 0; i < count; i++)
+        sum += bn_load(dtype, x, i * step);
+    const double shift = (double)(float)(sum / (double)count);
+    return isfinite(shift) ? shift : 0.0;
+}
+
 /* float64 data: two passes, the mean and then the centred sums. float32 and
- * float16 data: one pass of sums shifted by a value of the block, formed in double
- * (see shifted_sums) and half the arithmetic; a non-finite first
- * value would make every deviation NaN, so the shift is then 0. */
+ * float16 data: one pass of sums shifted by an estimate of the block's mean, in float
+ * lanes where the block allows it (lane_moments_kept), else with deviations formed
+ * in double (see shifted_sums). */
 static void gather_moments(bn_job *job, int64_t c, int64_t b)
 {
     const bn_block blk = block_at(job, b);
@@ -352,9 +381,10 @@ static void gather_moments(bn_job *job, int64_t c, int64_t b)
         shift = job->ops->sum(x, blk.rows, blk.width, stride) / count;
         job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     } else {
-        shift = bn_load(job->dtype, x, 0); /* the block's first value */
-        shift = isfinite(shift) ? shift : 0.0;
-        job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
+        shift = shift_estimate(job->dtype, x, blk.width < BN_SHIFT_SAMPLES ? blk.width : BN_SHIFT_SAMPLES, 1);
+        job->ops->lane_shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
+        if (!lane_moments_kept(count, sum_d, sum_d2))
+            job->ops->shifted_sums(x, blk.rows, blk.width, stride, shift, &sum_d, &sum_d2);
     }
     store_moments(partials_of(job, c, b), count, shift, sum_d, sum_d2);
 }
@@ -364,21 +394,27 @@ static void gather_moments_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const char *x = job->x + block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
+    const double count = (double)blk.rows;
     double *shift = job->scratch + b * BN_PARTIALS * channels, *sum_d = shift + channels, *sum_d2 = sum_d + channels;
     if (job->dtype == BN_FLOAT64) {
         job->ops->cl_sum(x, blk.rows, channels, shift);
         for (int64_t c = 0; c < channels; c++)
-            shift[c] /= (double)blk.rows;
+            shift[c] /= count;
         job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     } else {
-        for (int64_t c = 0; c < channels; c++) {
-            shift[c] = bn_load(job->dtype, x, c); /* the block's first row */
-            shift[c] = isfinite(shift[c]) ? shift[c] : 0.0;
-        }
-        job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
+        const int64_t samples = blk.rows < BN_SHIFT_SAMPLES ? blk.rows : BN_SHIFT_SAMPLES;
+        const int64_t elem = (int64_t)bn_dtype_size(job->dtype);
+        for (int64_t c = 0; c < channels; c++)
+            shift[c] = shift_estimate(job->dtype, x + c * elem, samples, channels);
+        job->ops->cl_lane_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
+        int64_t c = 0;
+        while (c < channels && lane_moments_kept(count, sum_d[c], sum_d2[c]))
+            c++;
+        if (c < channels)
+            job->ops->cl_shifted_sums(x, blk.rows, channels, shift, sum_d, sum_d2);
     }
     for (int64_t c = 0; c < channels; c++)
-        store_moments(partials_of(job, c, b), (double)blk.rows, shift[c], sum_d[c], sum_d2[c]);
+        store_moments(partials_of(job, c, b), count, shift[c], sum_d[c], sum_d2[c]);
 }
 
 /* ---- gather: gradient sums ---- */
@@ -389,8 +425,14 @@ static void gather_grad_sums(bn_job *job, int64_t c, int64_t b)
     const int64_t off = block_bytes(job, c, &blk);
     const bn_coefs k = coefs_of_channel(job, c);
     double *p = partials_of(job, c, b);
-    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, job->dims.c * job->dims.s, &k, job->relu,
-                        &p[0], &p[1]);
+    const int64_t stride = job->dims.c * job->dims.s;
+    if (job->ops->lane_grad_sums) {
+        job->ops->lane_grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, stride, &k, job->relu, &p[0], &p[1]);
+        if (isfinite(p[0]) && isfinite(p[1]))
+            return;
+    }
+    /* float64 data, or a float lane that overflowed (or data that is not finite) */
+    job->ops->grad_sums(job->x + off, job->dy + off, blk.rows, blk.width, stride, &k, job->relu, &p[0], &p[1]);
 }
 
 static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
@@ -399,9 +441,17 @@ static void gather_grad_sums_cl(bn_job *job, int64_t unused, int64_t b)
     const int64_t off = block_bytes(job, 0, &blk);
     const int64_t channels = job->dims.c;
     double *sum_dy = job->scratch + b * BN_PARTIALS * channels, *sum_dy_xmu = sum_dy + channels;
-    job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->cl_coefs, job->relu, sum_dy,
-                           sum_dy_xmu);
-    for (int64_t c = 0; c < channels; c++) {
+    int64_t c = 0;
+    if (job->ops->cl_lane_grad_sums) {
+        job->ops->cl_lane_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->cl_coefs,
+                                    job->relu, sum_dy, sum_dy_xmu);
+        while (c < channels && isfinite(sum_dy[c]) && isfinite(sum_dy_xmu[c]))
+            c++;
+    }
+    if (c < channels) /* as in gather_grad_sums */
+        job->ops->cl_grad_sums(job->x + off, job->dy + off, blk.rows, channels, job->mean, job->cl_coefs, job->relu,
+                               sum_dy, sum_dy_xmu);
+    for (c = 0; c < channels; c++) {
         double *p = partials_of(job, c, b);
         p[0] = sum_dy[c];
         p[1] = sum_dy_xmu[c];
@@ -518,7 +568,7 @@ static void apply_output_cl(bn_job *job, int64_t unused, int64_t b)
     const bn_block blk = block_at(job, b);
     const int64_t off = block_bytes(job, 0, &blk);
     job->ops->cl_output(job->x + off, job->dy ? job->dy + off : NULL, job->out + off, blk.rows, job->dims.c,
-                        job->cl_coefs, job->terms);
+                        job->cl_coefs, job->terms, job->stream);
 }
 
 static void set_steps(bn_job *job, bn_block_step gather, bn_block_step gather_cl, bn_channel_step reduce)

@@ -288,7 +288,7 @@ static void test_unlisted_terms(void)
             } else {
                 for (int c = 0; c < WIDTH; c++)
                     ops->cl_set_coefs(&k, c, WIDTH, cl_coefs);
-                ops->cl_output(x, dy, out, ROWS, WIDTH, cl_coefs, terms);
+                ops->cl_output(x, dy, out, ROWS, WIDTH, cl_coefs, terms, 0);
             }
             for (int i = 0; i < COUNT; i++) {
                 /* exact: every value is a small multiple of 1/4 */
