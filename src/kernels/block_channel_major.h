@@ -12,7 +12,30 @@
  * compute it before they write anything (so that an in-place output does not feed
  * its own results back) and store it afterwards (see output_row). Converting float16
  * element by element would take up to a third of the time of rows of 7 x 7 or
- * 28 x 28 values. The chunk functions called with skip = 0 compile to plain loops. */
+ * 28 x 28 values. The chunk functions called with skip = 0 compile to plain loops.
+ *
+ * BN_ROW_PIECES walks one row of `width` elements for the reductions: CHUNK(i, skip)
+ * for the chunk at element i, ONE(i, j) for element i of the rest (lane j), and
+ * STEP() after each chunk and after the rest, when every lane has taken at most one
+ * more value (the float-lane sums count these steps, see lane_shifted_sums). */
+#define BN_ROW_PIECES(width, CHUNK, ONE, STEP)                                                         \
+    do {                                                                                               \
+        int64_t i_ = 0;                                                                                \
+        for (; i_ + BN_LANES <= (width); i_ += BN_LANES) {                                             \
+            CHUNK(i_, 0);                                                                              \
+            STEP();                                                                                    \
+        }                                                                                              \
+        if (BN_CHUNKED_TAILS && i_ < (width) && (width) >= BN_LANES) {                                 \
+            CHUNK((width) - BN_LANES, BN_LANES - ((width) - i_));                                      \
+            STEP();                                                                                    \
+        } else if (i_ < (width)) {                                                                     \
+            for (int j_ = 0; i_ + j_ < (width); j_++)                                                  \
+                ONE(i_ + j_, j_);                                                                      \
+            STEP();                                                                                    \
+        }                                                                                              \
+    } while (0)
+#define BN_NO_STEP()
+
 static inline void BN_NAME(sum_chunk)(const BN_T *x, int64_t skip, double acc[BN_LANES])
 {
     BN_WIDE_CHUNK(v, x);
@@ -26,59 +49,56 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     double acc[BN_LANES] = {0};
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
-        int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
-            BN_NAME(sum_chunk)(row + i, 0, acc);
-        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
-            BN_NAME(sum_chunk)(row + width - BN_LANES, BN_LANES - (width - i), acc);
-        else
-            for (int j = 0; i + j < width; j++)
-                acc[j] += (double)BN_WIDEN1(row + i + j);
+#define BN_CHUNK(i, skip) BN_NAME(sum_chunk)(row + (i), skip, acc)
+#define BN_ONE(i, j) acc[j] += (double)BN_WIDEN1(row + (i))
+        BN_ROW_PIECES(width, BN_CHUNK, BN_ONE, BN_NO_STEP);
+#undef BN_CHUNK
+#undef BN_ONE
     }
     return bn_combine_lanes(acc);
 }
 
-static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, double shift, double acc_d[BN_LANES],
-                                               double acc_d2[BN_LANES])
-{
-    BN_WIDE_CHUNK(v, x);
-    double d[BN_LANES];
-    for (int j = 0; j < BN_LANES; j++)
-        d[j] = j >= skip ? (double)v[j] - shift : 0.0;
-    for (int j = 0; j < BN_LANES; j++)
-        acc_d[j] += d[j];
-    for (int j = 0; j < BN_LANES; j++)
-        acc_d2[j] += d[j] * d[j];
-}
+/* The chunk of shifted sums with deviations and accumulators of type ACC: double
+ * (shifted_sums) or BN_COMPUTE (lane_shifted_sums). */
+#define BN_SHIFTED_SUMS_CHUNK(name, ACC)                                                               \
+    static inline void name(const BN_T *x, int64_t skip, ACC shift, ACC acc_d[BN_LANES], ACC acc_d2[BN_LANES]) \
+    {                                                                                                  \
+        BN_WIDE_CHUNK(v, x);                                                                           \
+        ACC d[BN_LANES];                                                                               \
+        for (int j = 0; j < BN_LANES; j++)                                                             \
+            d[j] = j >= skip ? (ACC)v[j] - shift : (ACC)0;                                             \
+        for (int j = 0; j < BN_LANES; j++)                                                             \
+            acc_d[j] += d[j];                                                                          \
+        for (int j = 0; j < BN_LANES; j++)                                                             \
+            acc_d2[j] += d[j] * d[j];                                                                  \
+    }
+BN_SHIFTED_SUMS_CHUNK(BN_NAME(shifted_sums_chunk), double)
 
 /* Sums of d = x - shift and of d^2. For float64 data (BN_COMPUTE double) with the
  * block's mean as the shift these are the centred sums of a two-pass variance. For
- * float32 and float16 data, in one pass with a value of the block as the shift: d is
- * formed in double, where the difference of two float16 values is always exact and
- * that of two float32 values is exact unless they lie more than 2^29 apart in
- * magnitude (forming it in float would round it whenever x is not within a factor 2
- * of the shift; it costs no more instructions). With a value of the block as the
- * shift, the sum of squares exceeds the centred one at most n-fold; docs/numerics.md
- * derives the resulting error bounds. */
+ * float32 and float16 data, in one pass with an estimate of the block's mean as the
+ * shift: this is the loop fused.c falls back to where the float lanes
+ * (lane_shifted_sums) may not meet their bound. d is formed in double, where the
+ * difference of two float16 values is always exact and that of two float32 values is
+ * exact unless they lie more than 2^29 apart in magnitude; docs/numerics.md derives
+ * the resulting error bounds. */
 static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
                                   double *sum_d, double *sum_d2)
 {
     const BN_T *x = xv;
-    const double k = shift;
     double acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *row = x + r * stride;
-        int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
-            BN_NAME(shifted_sums_chunk)(row + i, 0, k, acc_d, acc_d2);
-        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES)
-            BN_NAME(shifted_sums_chunk)(row + width - BN_LANES, BN_LANES - (width - i), k, acc_d, acc_d2);
-        else
-            for (int j = 0; i + j < width; j++) {
-                const double d = (double)BN_WIDEN1(row + i + j) - k;
-                acc_d[j] += d;
-                acc_d2[j] += d * d;
-            }
+#define BN_CHUNK(i, skip) BN_NAME(shifted_sums_chunk)(row + (i), skip, shift, acc_d, acc_d2)
+#define BN_ONE(i, j)                                                                                   \
+    do {                                                                                               \
+        const double d = (double)BN_WIDEN1(row + (i)) - shift;                                         \
+        acc_d[j] += d;                                                                                 \
+        acc_d2[j] += d * d;                                                                            \
+    } while (0)
+        BN_ROW_PIECES(width, BN_CHUNK, BN_ONE, BN_NO_STEP);
+#undef BN_CHUNK
+#undef BN_ONE
     }
     *sum_d = bn_combine_lanes(acc_d);
     *sum_d2 = bn_combine_lanes(acc_d2);
@@ -108,20 +128,17 @@ static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_
     const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
     for (int64_t r = 0; r < rows; r++) {
         const BN_T *xr = x + r * stride, *gr = dy + r * stride;
-        int64_t i = 0;
-        for (; i + BN_LANES <= width; i += BN_LANES)
-            BN_NAME(grad_sums_chunk)(xr + i, gr + i, 0, relu_mask, mean, &w, acc_g, acc_gx);
-        if (BN_CHUNKED_TAILS && i < width && width >= BN_LANES) {
-            const int64_t last = width - BN_LANES;
-            BN_NAME(grad_sums_chunk)(xr + last, gr + last, BN_LANES - (width - i), relu_mask, mean, &w, acc_g, acc_gx);
-        } else {
-            for (int j = 0; i + j < width; j++) {
-                const BN_COMPUTE xi = BN_WIDEN1(xr + i + j);
-                const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + i + j), relu_mask, &w);
-                acc_g[j] += g;
-                acc_gx[j] += g * ((double)xi - mean);
-            }
-        }
+#define BN_CHUNK(i, skip) BN_NAME(grad_sums_chunk)(xr + (i), gr + (i), skip, relu_mask, mean, &w, acc_g, acc_gx)
+#define BN_ONE(i, j)                                                                                   \
+    do {                                                                                               \
+        const BN_COMPUTE xi = BN_WIDEN1(xr + (i));                                                     \
+        const double g = (double)BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + (i)), relu_mask, &w);           \
+        acc_g[j] += g;                                                                                 \
+        acc_gx[j] += g * ((double)xi - mean);                                                          \
+    } while (0)
+        BN_ROW_PIECES(width, BN_CHUNK, BN_ONE, BN_NO_STEP);
+#undef BN_CHUNK
+#undef BN_ONE
     }
     *sum_dy = bn_combine_lanes(acc_g);
     *sum_dy_xmu = bn_combine_lanes(acc_gx);
@@ -137,17 +154,119 @@ static void BN_NAME(grad_sums)(const void *x, const void *dy, int64_t rows, int6
 }
 
 #if BN_LANE_SUMS
-/* Float-lane sums (see block_ops.h): for now the double loops. */
-static void BN_NAME(lane_shifted_sums)(const void *x, int64_t rows, int64_t width, int64_t stride, double shift,
+/* ---- float-lane sums (see block_ops.h; docs/numerics.md derives their bound) ----
+ * Each of the BN_LANES accumulators of BN_COMPUTE takes one value per step of
+ * BN_ROW_PIECES, and every BN_STRETCH steps is added to its own double total and
+ * cleared; the totals are combined as the double loops combine their lanes. The
+ * steps depend only on the block's shape, so the results are the same on every
+ * level and thread count. */
+
+/* Each lane into its double total, then cleared. */
+static inline void BN_NAME(fold_lanes)(BN_COMPUTE acc[BN_LANES], double total[BN_LANES])
+{
+    for (int j = 0; j < BN_LANES; j++) {
+        total[j] += (double)acc[j];
+        acc[j] = 0;
+    }
+}
+
+BN_SHIFTED_SUMS_CHUNK(BN_NAME(lane_shifted_sums_chunk), BN_COMPUTE)
+
+/* d = x - shift formed in BN_COMPUTE: shift is a BN_COMPUTE value (fused.c's
+ * shift_estimate rounds it), so the conversion below is exact. */
+static void BN_NAME(lane_shifted_sums)(const void *xv, int64_t rows, int64_t width, int64_t stride, double shift,
                                        double *sum_d, double *sum_d2)
 {
-    BN_NAME(shifted_sums)(x, rows, width, stride, shift, sum_d, sum_d2);
+    const BN_T *x = xv;
+    const BN_COMPUTE k = (BN_COMPUTE)shift;
+    BN_COMPUTE acc_d[BN_LANES] = {0}, acc_d2[BN_LANES] = {0};
+    double total_d[BN_LANES] = {0}, total_d2[BN_LANES] = {0};
+    int steps = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const BN_T *row = x + r * stride;
+#define BN_CHUNK(i, skip) BN_NAME(lane_shifted_sums_chunk)(row + (i), skip, k, acc_d, acc_d2)
+#define BN_ONE(i, j)                                                                                   \
+    do {                                                                                               \
+        const BN_COMPUTE d = BN_WIDEN1(row + (i)) - k;                                                 \
+        acc_d[j] += d;                                                                                 \
+        acc_d2[j] += d * d;                                                                            \
+    } while (0)
+#define BN_STEP()                                                                                      \
+    if (++steps == BN_STRETCH) {                                                                       \
+        BN_NAME(fold_lanes)(acc_d, total_d);                                                           \
+        BN_NAME(fold_lanes)(acc_d2, total_d2);                                                         \
+        steps = 0;                                                                                     \
+    }
+        BN_ROW_PIECES(width, BN_CHUNK, BN_ONE, BN_STEP);
+#undef BN_CHUNK
+#undef BN_ONE
+#undef BN_STEP
+    }
+    BN_NAME(fold_lanes)(acc_d, total_d);
+    BN_NAME(fold_lanes)(acc_d2, total_d2);
+    *sum_d = bn_combine_lanes(total_d);
+    *sum_d2 = bn_combine_lanes(total_d2);
+}
+
+/* g = dy masked by the forward's ReLU and g * (x - mean), in BN_COMPUTE with x - mean
+ * from the split mean (see centered). */
+static inline void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
+                                                 const BN_NAME(compute_coefs) *w, BN_COMPUTE acc_g[BN_LANES],
+                                                 BN_COMPUTE acc_gx[BN_LANES])
+{
+    BN_WIDE_CHUNK(xv, x);
+    BN_WIDE_CHUNK(dv, dy);
+    BN_COMPUTE g[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        g[j] = j >= skip ? BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, w) : (BN_COMPUTE)0;
+    for (int j = 0; j < BN_LANES; j++)
+        acc_g[j] += g[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_gx[j] += j >= skip ? g[j] * BN_NAME(centered)(xv[j], w) : (BN_COMPUTE)0;
+}
+
+static inline void BN_NAME(lane_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
+                                                int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
+                                                double *sum_dy_xmu)
+{
+    BN_COMPUTE acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
+    double total_g[BN_LANES] = {0}, total_gx[BN_LANES] = {0};
+    int steps = 0;
+    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
+    for (int64_t r = 0; r < rows; r++) {
+        const BN_T *xr = x + r * stride, *gr = dy + r * stride;
+#define BN_CHUNK(i, skip) BN_NAME(lane_grad_sums_chunk)(xr + (i), gr + (i), skip, relu_mask, &w, acc_g, acc_gx)
+#define BN_ONE(i, j)                                                                                   \
+    do {                                                                                               \
+        const BN_COMPUTE xi = BN_WIDEN1(xr + (i));                                                     \
+        const BN_COMPUTE g = BN_NAME(masked_dy)(xi, BN_WIDEN1(gr + (i)), relu_mask, &w);               \
+        acc_g[j] += g;                                                                                 \
+        acc_gx[j] += g * BN_NAME(centered)(xi, &w);                                                    \
+    } while (0)
+#define BN_STEP()                                                                                      \
+    if (++steps == BN_STRETCH) {                                                                       \
+        BN_NAME(fold_lanes)(acc_g, total_g);                                                           \
+        BN_NAME(fold_lanes)(acc_gx, total_gx);                                                         \
+        steps = 0;                                                                                     \
+    }
+        BN_ROW_PIECES(width, BN_CHUNK, BN_ONE, BN_STEP);
+#undef BN_CHUNK
+#undef BN_ONE
+#undef BN_STEP
+    }
+    BN_NAME(fold_lanes)(acc_g, total_g);
+    BN_NAME(fold_lanes)(acc_gx, total_gx);
+    *sum_dy = bn_combine_lanes(total_g);
+    *sum_dy_xmu = bn_combine_lanes(total_gx);
 }
 
 static void BN_NAME(lane_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t width, int64_t stride,
                                     const bn_coefs *k, int relu_mask, double *sum_dy, double *sum_dy_xmu)
 {
-    BN_NAME(grad_sums)(x, dy, rows, width, stride, k, relu_mask, sum_dy, sum_dy_xmu);
+    if (relu_mask)
+        BN_NAME(lane_grad_sums_rows)(x, dy, rows, width, stride, k, 1, sum_dy, sum_dy_xmu);
+    else
+        BN_NAME(lane_grad_sums_rows)(x, dy, rows, width, stride, k, 0, sum_dy, sum_dy_xmu);
 }
 #endif
 

@@ -24,8 +24,10 @@
  * The file is compiled once per x86-64 level with different -m flags. The source
  * fixes every summation order (BN_LANES independent accumulators, element i of a
  * row going to accumulator i % BN_LANES, or to its lane in an overlapping last
- * chunk, then a fixed pairwise combine; channels-last rows in order) and the build
- * disables FMA contraction, so every level produces the same bits. Functions taking a `terms` or `relu_mask` flag are
+ * chunk, then a fixed pairwise combine; channels-last rows in order; float-lane
+ * sums folding each accumulator into its double total after a fixed number of
+ * values, BN_STRETCH) and the build disables FMA contraction, so every level
+ * produces the same bits. Functions taking a `terms` or `relu_mask` flag are
  * written once and instantiated for each flag value by constant arguments to
  * inline helpers.
  */
@@ -85,6 +87,13 @@ static inline BN_COMPUTE BN_NAME(output_value)(BN_COMPUTE x, BN_COMPUTE dy, int 
         value = 0;
     return value;
 }
+
+/* Values each accumulator of the float-lane sums (lane_shifted_sums, and their
+ * channels-last variants) adds before it is folded into double. A block's M2 that
+ * fused.c keeps is within (1 + BN_SHIFT_SPREAD)(3K + 4) u of the exact one, u = 2^-24,
+ * and a channel's variance within 169 u = 1.0e-5 at K = 4 (docs/numerics.md): the
+ * accuracy design.md asks of the variance; K = 8 would double it. */
+#define BN_STRETCH 4
 
 #include "block_channel_major.h"
 #include "block_channels_last.h"

@@ -9,7 +9,10 @@
  *
  * Every result is independent of the thread count: each channel is cut into blocks
  * whose boundaries depend only on the shape, and per-block partial results are
- * merged in block order. All accumulation is in double precision.
+ * merged in block order. float64 data accumulates in double; float32 and float16
+ * data in float lanes over stretches of a few values, folded into double, with blocks
+ * that would not meet the stated bound redone in double (docs/numerics.md). Blocks
+ * and channels merge in double.
  */
 #ifndef BN_KERNELS_H
 #define BN_KERNELS_H
@@ -17,7 +20,8 @@
 #include <stdint.h>
 
 /* The dtype of the data (x, y, dy, dx) and of the parameters that go with it: one
- * table, dtypes.h. Data of every dtype is computed in double where it accumulates. */
+ * table, dtypes.h. Statistics and gradient sums are returned in double whatever the
+ * dtype; outputs are computed in float for float32 and float16 data. */
 #include "dtypes.h"
 
 typedef enum { BN_OK = 0, BN_NO_MEMORY = 1 } bn_status;
