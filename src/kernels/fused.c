@@ -28,6 +28,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "cache.h"
 #include "dispatch.h"
 #include "pool.h"
 
@@ -42,9 +43,6 @@
  * channels ahead, and an eval forward over them runs in memory order instead. */
 #define BN_SHORT_ROW_BYTES 2048
 #define BN_PREFETCH_AHEAD 4
-/* Outputs at least this large are written past the cache (NCHW): they are far
- * larger than the caches, and the input still to be read should stay there. */
-#define BN_STREAM_MIN_BYTES (16 << 20)
 /* Channels-last data is cut into at most this many row blocks, so that the per-block
  * vectors over channels stay O(C) (a few hundred bytes per channel) however many
  * rows there are; each block is read in one pass for float32 and float16. */
@@ -145,7 +143,6 @@ static void init_job(bn_job *job, bn_dtype dtype, bn_dims dims)
         job->channel_blocks = (rows + job->rows_per_block - 1) / job->rows_per_block;
         return;
     }
-    job->stream = rows * dims.c * (int64_t)bn_dtype_size(dtype) >= BN_STREAM_MIN_BYTES;
     if (dims.s >= BN_BLOCK_ELEMS) {
         job->rows_per_block = 1;
         job->blocks_per_row = (dims.s + BN_BLOCK_ELEMS - 1) / BN_BLOCK_ELEMS;
@@ -292,6 +289,9 @@ static bn_status run_job(bn_job *job)
     job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
     job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
     job->cl_coefs = channels_last ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
+    /* the output past the cache when it cannot stay there next to the input (cache.h) */
+    const int64_t arrays = 1 + (job->dy != NULL) + (job->out != NULL);
+    job->stream = job->out != NULL && elements * (int64_t)bn_dtype_size(job->dtype) * arrays > bn_stream_min_bytes();
     bn_status status = BN_NO_MEMORY;
     if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->cl_coefs == NULL)))
         goto done;
