@@ -116,6 +116,13 @@ int64_t bn_cache_read_stream_min_bytes(void)
 /* -1 until first read. Two threads reading it first both store the same value. */
 static atomic_int_fast64_t stream_min_bytes = -1;
 
+#if defined(__GNUC__)
+/* Read when the library is loaded (at import), like the SIMD level and the thread
+ * count, rather than in the first kernel call: the files take a few hundred
+ * microseconds. Elsewhere the first call reads them. */
+__attribute__((constructor)) static void read_at_load(void) { (void)bn_stream_min_bytes(); }
+#endif
+
 int64_t bn_stream_min_bytes(void)
 {
     int64_t bytes = atomic_load_explicit(&stream_min_bytes, memory_order_relaxed);

@@ -9,7 +9,8 @@
  * line it will want. Writing through the cache would only cost a read of every line
  * before it is written and evict the input still to be read. When input and output
  * fit together, the output stays in cache for the next layer, which a streamed
- * output would give up.
+ * output would give up. (fused.c keeps some outputs in cache regardless: see
+ * streams_output there.)
  */
 #ifndef BN_CACHE_H
 #define BN_CACHE_H
@@ -29,9 +30,10 @@ int64_t bn_cache_read_last_level_bytes(void);
  * BN_DEFAULT_CACHE_BYTES. */
 int64_t bn_cache_read_stream_min_bytes(void);
 
-/* The threshold the kernels use: bn_cache_read_stream_min_bytes() on the first call,
- * the value of bn_set_stream_min_bytes after one. Outputs are streamed when the
- * bytes a kernel reads and writes exceed it. */
+/* The threshold the kernels use: bn_cache_read_stream_min_bytes() when the library
+ * is loaded (GCC and clang; else on the first call), the value of
+ * bn_set_stream_min_bytes after one. Outputs are streamed when the bytes a kernel
+ * reads and writes exceed it. */
 int64_t bn_stream_min_bytes(void);
 void bn_set_stream_min_bytes(int64_t bytes);
 
