@@ -24,6 +24,7 @@ COMMON_SOURCES = [
     "binding/policy.c",
     "binding/alloc.c",
     "kernels/fused.c",
+    "kernels/cache.c",
     "kernels/dispatch.c",
     "kernels/pool.c",
     "kernels/block_baseline.c",
