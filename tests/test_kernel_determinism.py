@@ -90,18 +90,44 @@ def test_every_simd_level_gives_the_same_bits_and_the_reference(shape, dtype, re
             assert got.tobytes() == want.tobytes(), f"{level} differs from baseline"
 
 
-def test_streamed_output_matches_the_reference():
-    # Over 16 MiB of output: whole cache lines are written with non-temporal stores.
-    # Rows of 509 floats are not multiples of a cache line, so the unaligned head and
-    # tail of each row take the ordinary path.
-    x, dy = make_problem((4, 5, 509, 509), np.float32)
-    assert x.nbytes >= 16 << 20
-    bn = bnorm.BatchNorm2d(5)
-    y = bn(x)
+STREAM_SCRIPT = """
+import numpy as np
+import bnorm
+rng = np.random.default_rng(0)
+shape = (3, 4, 37, 601)   # rows of 601 float32 values: over 2 KiB, not whole cache lines
+x = (rng.standard_normal(shape) * rng.uniform(0.1, 10.0, (1, 4, 1, 1)) + 50.0).astype(np.float32)
+dy = rng.standard_normal(shape).astype(np.float32)
+results = []
+for layout in ("nchw", "nhwc"):
+    xs = x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    bn = bnorm.BatchNorm2d(4)
+    y = bn(xs)
     dx = bn.backward(dy)
-    np.testing.assert_allclose(y, reference.forward(x), rtol=0, atol=8 * np.finfo(np.float32).eps * 6)
-    dx_ref = reference.backward(dy, x)[0]
-    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-5 * np.abs(dx_ref).max())
+    bn.eval()
+    results += [y, dx, bn(xs)]
+np.savez({path!r}, *results)
+"""
+
+
+def test_streamed_output_matches_the_cached_one_bit_for_bit(run_python, tmp_path):
+    # BNORM_STREAM_MIN_MIB=0 streams every output the rules allow (float32 rows over
+    # 2 KiB, and channels-last); a huge threshold streams none. The unaligned head and
+    # tail of each row take the ordinary path.
+    outputs = {}
+    for name, mib in (("streamed", "0"), ("cached", "1048576")):
+        path = tmp_path / f"{name}.npz"
+        result = run_python(STREAM_SCRIPT.format(path=str(path)), BNORM_STREAM_MIN_MIB=mib)
+        assert result.returncode == 0, result.stderr
+        with np.load(path) as data:
+            outputs[name] = [data[k] for k in sorted(data.files, key=lambda k: int(k.split("_")[1]))]
+    for streamed, cached in zip(outputs["streamed"], outputs["cached"]):
+        assert streamed.tobytes() == cached.tobytes()
+    x_like = outputs["cached"][0]
+    assert x_like.shape == (3, 4, 37, 601)
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(x_like.shape) * rng.uniform(0.1, 10.0, (1, 4, 1, 1)) + 50.0).astype(np.float32)
+    for y in (outputs["streamed"][0], outputs["streamed"][3]):
+        np.testing.assert_allclose(y, reference.forward(x), rtol=0, atol=8 * np.finfo(np.float32).eps * 6)
 
 
 @pytest.mark.parametrize("level", _core.supported_simd_levels())
