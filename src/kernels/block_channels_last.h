@@ -310,18 +310,28 @@ static inline void BN_NAME(cl_output_flat)(const BN_T *x, const BN_T *dy, BN_T *
     if (body_end < n)
         BN_NAME(cl_output_chunk)(x + n - BN_LANES, dy + n - BN_LANES, tail_chunk,
                                  BN_NAME(cl_window_at)(cl_coefs, wrap, channels, (n - BN_LANES) % channels), terms);
-    const int64_t step = BN_LANES % channels;
-    for (int64_t i = head, o = head % channels; i < body_end; i += BN_LANES) {
+    /* runs of vectors within a row read cl_coefs directly, one that wraps past a
+     * row's end the wrap copy; o is the channel at i */
+    for (int64_t i = head, o = head % channels; i < body_end;) {
         const BN_NAME(cl_window) win = BN_NAME(cl_window_at)(cl_coefs, wrap, channels, o);
-        if (stream) {
+        const int64_t run = o + BN_LANES <= channels ? (channels - o) / BN_LANES : 1;
+        const int64_t end = i + run * BN_LANES < body_end ? i + run * BN_LANES : body_end;
+        for (const BN_COMPUTE *at = win.at; i < end; i += BN_LANES, at += BN_LANES) {
+            /* computed into a local array, which the compiler knows aliases neither
+             * the input nor the coefficients (writing out directly costs run-time
+             * alias checks per vector: an in-place output is allowed) */
             BN_T lines[BN_LANES];
-            BN_NAME(cl_output_chunk)(x + i, dy + i, lines, win, terms);
-            for (int l = 0; l < LINES; l++)
-                bn_stream_line(out + i + l * PER_LINE, lines + l * PER_LINE);
-        } else {
-            BN_NAME(cl_output_chunk)(x + i, dy + i, out + i, win, terms);
+            BN_NAME(cl_output_chunk)(x + i, dy + i, lines, (BN_NAME(cl_window)){at, win.stride}, terms);
+            if (stream)
+                for (int l = 0; l < LINES; l++)
+                    bn_stream_line(out + i + l * PER_LINE, lines + l * PER_LINE);
+            else
+                memcpy(out + i, lines, sizeof lines);
         }
-        o = o + step >= channels ? o + step - channels : o + step;
+        /* the channel after them, with one subtraction (short rows: BN_LANES % channels
+         * on) */
+        o += channels < BN_LANES ? BN_LANES % channels : run * BN_LANES;
+        o -= o >= channels ? channels : 0;
     }
     if (stream) {
         /* only the new elements: non-temporal stores are not ordered with later
