@@ -113,60 +113,253 @@ static void BN_NAME(cl_grad_sums)(const void *x, const void *dy, int64_t rows, i
         BN_NAME(cl_grad_sums_rows)(x, dy, rows, channels, mean, cl_coefs, 0, sum_dy, sum_dy_xmu);
 }
 
+/* ---- lanes over a block as a flat array ----
+ *
+ * A vector of BN_LANES positions starting at flat position i holds channels
+ * (i + j) % channels. Its coefficients (lane j's coefficient k at at[k * stride + j])
+ * are cl_coefs itself where those channels do not wrap past the row's end, else a
+ * copy of the coefficients from channel `base` on, repeated (cl_wrap_coefs): then
+ * every block, whatever its channel count, goes in whole vectors, and rows of fewer
+ * than BN_LANES channels share a vector. */
+typedef struct {
+    const BN_COMPUTE *at;
+    int64_t stride;
+} BN_NAME(cl_window);
+
+enum { BN_NAME(cl_wrap) = 2 * BN_LANES };
+
+static inline int64_t BN_NAME(cl_wrap_base)(int64_t channels)
+{
+    return channels > BN_LANES ? channels - BN_LANES : 0;
+}
+
+static void BN_NAME(cl_wrap_coefs)(const BN_COMPUTE *cl_coefs, int64_t channels, BN_COMPUTE *wrap)
+{
+    for (int k = 0; k < BN_CL_COEFS; k++)
+        for (int64_t q = 0, c = BN_NAME(cl_wrap_base)(channels); q < BN_NAME(cl_wrap); q++, c = c + 1 == channels ? 0 : c + 1)
+            wrap[k * BN_NAME(cl_wrap) + q] = cl_coefs[k * channels + c];
+}
+
+/* the coefficients of the vector starting at channel o */
+static inline BN_NAME(cl_window) BN_NAME(cl_window_at)(const BN_COMPUTE *cl_coefs, const BN_COMPUTE *wrap,
+                                                       int64_t channels, int64_t o)
+{
+    if (o + BN_LANES <= channels)
+        return (BN_NAME(cl_window)){cl_coefs + o, channels};
+    return (BN_NAME(cl_window)){wrap + (o - BN_NAME(cl_wrap_base)(channels)), BN_NAME(cl_wrap)};
+}
+
 #if BN_LANE_SUMS
-/* Float-lane sums (see block_ops.h): for now the double loops. */
+/* Float-lane sums (see block_ops.h). Rows go in groups of R = BN_LANES / channels
+ * rows (R = 1 for channels >= BN_LANES), a group in tiles of BN_LANES positions, the
+ * last tile aligned to the group's end and overlapping the one before (lanes below
+ * `skip` were counted by it). A tile's lanes accumulate BN_STRETCH groups in BN_COMPUTE,
+ * then are folded into the double sums in lane order: a lane sums at most BN_STRETCH
+ * values, and the order depends on the shape alone. Reading past the block's end
+ * (the last group of short rows) goes through a zero-padded copy, its lanes
+ * beyond the block masked. */
+static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
+                                          const BN_COMPUTE lane[4][BN_LANES], BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
+{
+    BN_WIDE_CHUNK(xv, x);
+    BN_COMPUTE a[BN_LANES], b[BN_LANES];
+    if (grad) {
+        BN_WIDE_CHUNK(dv, dy);
+        for (int j = 0; j < BN_LANES; j++) {
+            const BN_NAME(compute_coefs) w = {lane[0][j], lane[1][j], 0, 0, 0, lane[2][j], lane[3][j]};
+            const BN_COMPUTE centered = BN_NAME(centered)(xv[j], &w);
+            const int passes = !relu_mask || BN_NAME(relu_passes)(centered, &w);
+            a[j] = j < live && passes ? dv[j] : (BN_COMPUTE)0;
+            b[j] = a[j] * centered;
+        }
+    } else {
+        for (int j = 0; j < BN_LANES; j++)
+            a[j] = j < live ? xv[j] - lane[0][j] : (BN_COMPUTE)0;
+        for (int j = 0; j < BN_LANES; j++)
+            b[j] = a[j] * a[j];
+    }
+    for (int j = 0; j < BN_LANES; j++)
+        acc_a[j] += a[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_b[j] += b[j];
+}
+
+/* lanes lo..hi of a tile at group position c0 into the sums of their channels */
+static inline void BN_NAME(cl_fold)(const BN_COMPUTE *acc, int64_t c0, int64_t lo, int64_t hi, int64_t channels,
+                                    double *sum)
+{
+    for (int64_t q = c0 + lo; q < c0 + hi;) {
+        const int64_t c = q % channels, len = channels - c < c0 + hi - q ? channels - c : c0 + hi - q;
+        for (int64_t i = 0; i < len; i++)
+            sum[c + i] += (double)acc[q - c0 + i];
+        q += len;
+    }
+}
+
+/* grad = 0: sum_a, sum_b = sum_d, sum_d2 of d = x - shift; grad = 1: sum_dy,
+ * sum_dy_xmu (dy masked with relu_mask), dy * (x - mean) with (x - mean) as the
+ * output loops form it */
+static inline void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+                                         const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
+                                         double *sum_a, double *sum_b)
+{
+    const int64_t n = rows * channels;
+    const int64_t per_group = channels >= BN_LANES ? 1 : BN_LANES / channels, group = per_group * channels;
+    const int64_t groups = (rows + per_group - 1) / per_group;
+    const int64_t tiles = (group + BN_LANES - 1) / BN_LANES, width = group < BN_LANES ? group : BN_LANES;
+    BN_COMPUTE wrap[BN_CL_COEFS * BN_NAME(cl_wrap)];
+    if (grad)
+        BN_NAME(cl_wrap_coefs)(cl_coefs, channels, wrap);
+    for (int64_t c = 0; c < channels; c++)
+        sum_a[c] = sum_b[c] = 0.0;
+    for (int64_t g0 = 0; g0 < groups; g0 += BN_STRETCH) {
+        const int64_t g1 = groups - g0 < BN_STRETCH ? groups : g0 + BN_STRETCH;
+        for (int64_t t = 0; t < tiles; t++) {
+            const int64_t c0 = group < BN_LANES ? 0 : (t * BN_LANES < group - BN_LANES ? t * BN_LANES : group - BN_LANES);
+            BN_COMPUTE lane[4][BN_LANES];
+            if (grad) {
+                const BN_NAME(cl_window) win = BN_NAME(cl_window_at)(cl_coefs, wrap, channels, c0);
+                static const int used[4] = {0, 1, 5, 6}; /* mean_hi, mean_lo, relu_scale, relu_shift */
+                for (int k = 0; k < 4; k++)
+                    for (int j = 0; j < BN_LANES; j++)
+                        lane[k][j] = win.at[used[k] * win.stride + j];
+            } else {
+                /* shift is float-rounded already (fused.c): the conversion is exact */
+                for (int64_t j = 0, c = c0; j < BN_LANES; j++, c = c + 1 == channels ? 0 : c + 1)
+                    lane[0][j] = (BN_COMPUTE)shift[c];
+            }
+            BN_COMPUTE acc_a[BN_LANES] = {0}, acc_b[BN_LANES] = {0};
+            for (int64_t g = g0; g < g1; g++) {
+                const int64_t at = g * group + c0;
+                if (at + BN_LANES <= n) {
+                    BN_NAME(cl_lane_chunk)(x + at, dy + at, BN_LANES, grad, relu_mask, lane, acc_a, acc_b);
+                } else {
+                    BN_T pad_x[BN_LANES] = {0}, pad_dy[BN_LANES] = {0};
+                    memcpy(pad_x, x + at, (size_t)(n - at) * sizeof(BN_T));
+                    if (grad)
+                        memcpy(pad_dy, dy + at, (size_t)(n - at) * sizeof(BN_T));
+                    BN_NAME(cl_lane_chunk)(pad_x, pad_dy, n - at, grad, relu_mask, lane, acc_a, acc_b);
+                }
+            }
+            const int64_t skip = t * BN_LANES - c0;
+            BN_NAME(cl_fold)(acc_a, c0, skip, width, channels, sum_a);
+            BN_NAME(cl_fold)(acc_b, c0, skip, width, channels, sum_b);
+        }
+    }
+}
+
 static void BN_NAME(cl_lane_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift,
                                           double *sum_d, double *sum_d2)
 {
-    BN_NAME(cl_shifted_sums)(x, rows, channels, shift, sum_d, sum_d2);
+    BN_NAME(cl_lane_sums)(x, x, rows, channels, shift, NULL, 0, 0, sum_d, sum_d2);
 }
 
 static void BN_NAME(cl_lane_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels,
                                        const double *mean, const void *cl_coefs, int relu_mask, double *sum_dy,
                                        double *sum_dy_xmu)
 {
-    BN_NAME(cl_grad_sums)(x, dy, rows, channels, mean, cl_coefs, relu_mask, sum_dy, sum_dy_xmu);
+    (void)mean; /* the lanes centre x with the coefficients' mean_hi + mean_lo */
+    if (relu_mask)
+        BN_NAME(cl_lane_sums)(x, dy, rows, channels, NULL, cl_coefs, 1, 1, sum_dy, sum_dy_xmu);
+    else
+        BN_NAME(cl_lane_sums)(x, dy, rows, channels, NULL, cl_coefs, 1, 0, sum_dy, sum_dy_xmu);
 }
 #endif
 
-static inline void BN_NAME(cl_output_rows)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
-                                           int64_t channels, const BN_COMPUTE *cl_coefs, int terms)
+static inline void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, BN_NAME(cl_window) win,
+                                            int terms)
 {
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t at = r * channels;
-        int64_t c = 0;
-        for (; c + BN_LANES <= channels; c += BN_LANES) {
-            BN_WIDE_CHUNK(xv, x + at + c);
-            BN_WIDE_CHUNK(dv, dy + at + c);
-            BN_OUT_CHUNK(o, out + at + c);
-            for (int j = 0; j < BN_LANES; j++) {
-                const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c + j);
-                o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, &w);
-            }
-            BN_OUT_CHUNK_STORE(o, out + at + c);
+    BN_WIDE_CHUNK(xv, x);
+    BN_WIDE_CHUNK(dv, dy);
+    BN_OUT_CHUNK(o, out);
+    for (int j = 0; j < BN_LANES; j++) {
+        const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(win.at, win.stride, j);
+        o[j] = BN_NAME(output_value)(xv[j], dv[j], terms, &w);
+    }
+    BN_OUT_CHUNK_STORE(o, out);
+}
+
+/* The block as one flat array of n = rows * channels values, in whole vectors (see
+ * cl_window) as output_row does a row: with `stream`, the elements before the first
+ * cache-line boundary come from a vector at the start, then whole lines are written
+ * past the cache; the last vector is aligned to the block's end. Those two are
+ * computed before anything is written, so that an in-place output does not feed its
+ * own results back. */
+static inline void BN_NAME(cl_output_flat)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
+                                           int64_t channels, const BN_COMPUTE *cl_coefs, int terms, int stream)
+{
+    enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
+    const int64_t n = rows * channels;
+    if (n < BN_LANES) {
+        for (int64_t i = 0; i < n; i++) {
+            const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, i % channels);
+            BN_NAME(output_one)(x + i, dy + i, out + i, terms, &w);
         }
-        for (; c < channels; c++) {
-            const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c);
-            BN_NAME(output_one)(x + at + c, dy + at + c, out + at + c, terms, &w);
+        return;
+    }
+    BN_COMPUTE wrap[BN_CL_COEFS * BN_NAME(cl_wrap)];
+    BN_NAME(cl_wrap_coefs)(cl_coefs, channels, wrap);
+    int64_t head = 0;
+    if (stream)
+        head = (int64_t)((BN_LINE_BYTES - (uintptr_t)out % BN_LINE_BYTES) % BN_LINE_BYTES) / (int64_t)sizeof(BN_T);
+    head = head < n ? head : n;
+    const int64_t body_end = head + (n - head) / BN_LANES * BN_LANES;
+    BN_T head_chunk[BN_LANES], tail_chunk[BN_LANES];
+    if (head > 0)
+        BN_NAME(cl_output_chunk)(x, dy, head_chunk, BN_NAME(cl_window_at)(cl_coefs, wrap, channels, 0), terms);
+    if (body_end < n)
+        BN_NAME(cl_output_chunk)(x + n - BN_LANES, dy + n - BN_LANES, tail_chunk,
+                                 BN_NAME(cl_window_at)(cl_coefs, wrap, channels, (n - BN_LANES) % channels), terms);
+    /* runs of vectors within a row read cl_coefs directly, one that wraps past a
+     * row's end the wrap copy; o is the channel at i */
+    for (int64_t i = head, o = head % channels; i < body_end;) {
+        const BN_NAME(cl_window) win = BN_NAME(cl_window_at)(cl_coefs, wrap, channels, o);
+        const int64_t run = o + BN_LANES <= channels ? (channels - o) / BN_LANES : 1;
+        const int64_t end = i + run * BN_LANES < body_end ? i + run * BN_LANES : body_end;
+        for (const BN_COMPUTE *at = win.at; i < end; i += BN_LANES, at += BN_LANES) {
+            /* computed into a local array, which the compiler knows aliases neither
+             * the input nor the coefficients (writing out directly costs run-time
+             * alias checks per vector: an in-place output is allowed) */
+            BN_T lines[BN_LANES];
+            BN_NAME(cl_output_chunk)(x + i, dy + i, lines, (BN_NAME(cl_window)){at, win.stride}, terms);
+            if (stream)
+                for (int l = 0; l < LINES; l++)
+                    bn_stream_line(out + i + l * PER_LINE, lines + l * PER_LINE);
+            else
+                memcpy(out + i, lines, sizeof lines);
         }
+        /* the channel after them, with one subtraction (short rows: BN_LANES % channels
+         * on) */
+        o += channels < BN_LANES ? BN_LANES % channels : run * BN_LANES;
+        o -= o >= channels ? channels : 0;
+    }
+    if (stream) {
+        /* only the new elements: non-temporal stores are not ordered with later
+         * stores to the lines they wrote */
+        for (int64_t i = 0; i < head; i++)
+            out[i] = head_chunk[i];
+        for (int64_t i = body_end; i < n; i++)
+            out[i] = tail_chunk[i - (n - BN_LANES)];
+        bn_stream_fence();
+    } else if (body_end < n) {
+        memcpy(out + n - BN_LANES, tail_chunk, sizeof tail_chunk);
     }
 }
 
 static void BN_NAME(cl_output)(const void *xv, const void *dyv, void *out, int64_t rows, int64_t channels,
                                const void *cl_coefs, int terms, int stream)
 {
-    (void)stream; /* not yet: channels-last outputs are written through the cache */
     const BN_T *x = xv, *dy = dyv ? (const BN_T *)dyv : x; /* a NULL dy is never read */
     /* as in output: a combination missing from BN_FOR_EACH_TERMS is computed
      * unspecialised by the default */
     switch (terms) {
-#define BN_CL_CASE(t)                                                   \
-    case t:                                                             \
-        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, cl_coefs, t);   \
+#define BN_CL_CASE(t)                                                               \
+    case t:                                                                         \
+        BN_NAME(cl_output_flat)(x, dy, out, rows, channels, cl_coefs, t, stream);   \
         break;
         BN_FOR_EACH_TERMS(BN_CL_CASE)
 #undef BN_CL_CASE
     default:
-        BN_NAME(cl_output_rows)(x, dy, out, rows, channels, cl_coefs, terms);
+        BN_NAME(cl_output_flat)(x, dy, out, rows, channels, cl_coefs, terms, stream);
     }
 }

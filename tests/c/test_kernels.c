@@ -311,6 +311,139 @@ static void test_unlisted_terms(void)
     bn_simd_select(bn_simd_best_supported());
 }
 
+/* Channels-last channel counts below, at and above a SIMD chunk, not multiples of it. */
+static const int64_t cl_channels[] = {1, 3, 17, 32, 100, 192};
+
+static bn_coefs cl_test_coefs(int64_t c)
+{
+    return (bn_coefs){.mean = 0.125 * (double)c - 0.3, .k_dy = 1.5 - 0.01 * (double)c, .k_xmu = 0.75 + 0.02 * (double)c,
+                      .k_const = 0.1 * (double)(c % 5) - 0.2, .relu_scale = 1.25, .relu_shift = 0.05 * (double)(c % 3)};
+}
+
+/* cl_output of every dtype and level, for channel counts whose rows end inside a
+ * vector or share one: each element as the single-element NCHW loop computes it,
+ * through the cache or streamed, out of place or in place, at several alignments. */
+static void test_cl_output_paths(void)
+{
+    static const int terms_list[] = {BN_USE_X, BN_USE_X | BN_RELU_CLAMP, BN_USE_X | BN_USE_DY | BN_RELU_MASK};
+    static const int64_t rows_list[] = {1, 5, 40};
+    for (int t = 0; t < BN_DTYPE_COUNT; t++) {
+        if (!bn_dtype_supported((bn_dtype)t))
+            continue;
+        const size_t size = bn_dtype_size((bn_dtype)t);
+        for (size_t ci = 0; ci < sizeof cl_channels / sizeof *cl_channels; ci++)
+            for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++) {
+                const int64_t channels = cl_channels[ci], rows = rows_list[ri], n = rows * channels;
+                const size_t bytes = (size_t)n * size + 256;
+                char *x = aligned_alloc(64, bytes), *dy = aligned_alloc(64, bytes), *want = aligned_alloc(64, bytes),
+                     *out = aligned_alloc(64, bytes);
+                double *cl_coefs = malloc((size_t)channels * BN_CL_COEFS * sizeof(double));
+                for (int64_t i = 0; i < n + 256 / (int64_t)size; i++) {
+                    bn_store((bn_dtype)t, x, i, 2 * uniform());
+                    bn_store((bn_dtype)t, dy, i, uniform());
+                }
+                for (int level = 0; level <= (int)bn_simd_best_supported(); level++) {
+                    bn_simd_select((bn_simd)level);
+                    const bn_block_ops *ops = bn_block_ops_for((bn_dtype)t);
+                    for (int64_t c = 0; c < channels; c++) {
+                        const bn_coefs k = cl_test_coefs(c);
+                        ops->cl_set_coefs(&k, c, channels, cl_coefs);
+                    }
+                    for (size_t ti = 0; ti < sizeof terms_list / sizeof *terms_list; ti++)
+                        for (int64_t shift = 0; shift < 3; shift++) {
+                            const int terms = terms_list[ti];
+                            const char *xs = x + shift * (int64_t)size, *dys = dy + shift * (int64_t)size;
+                            for (int64_t i = 0; i < n; i++) {
+                                const bn_coefs k = cl_test_coefs(i % channels);
+                                ops->output(xs + i * (int64_t)size, dys + i * (int64_t)size, want + i * (int64_t)size,
+                                            1, 1, 1, &k, terms, 0);
+                            }
+                            for (int mode = 0; mode < 4; mode++) {
+                                const int stream = mode & 1, in_place = mode >> 1;
+                                char *o = out + shift * (int64_t)size;
+                                memcpy(o, in_place ? xs : want, (size_t)n * size);
+                                memset(o + n * (int64_t)size, 0x5a, size); /* past the block: not written */
+                                ops->cl_output(in_place ? o : xs, dys, o, rows, channels, cl_coefs, terms, stream);
+                                CHECK(memcmp(o, want, (size_t)n * size) == 0 && (unsigned char)o[n * (int64_t)size] == 0x5a,
+                                      "%s %s cl_output C=%lld rows=%lld terms=%d offset=%lld stream=%d in_place=%d",
+                                      bn_dtype_name((bn_dtype)t), bn_simd_name((bn_simd)level), (long long)channels,
+                                      (long long)rows, terms, (long long)shift, stream, in_place);
+                            }
+                        }
+                }
+                free(x), free(dy), free(want), free(out), free(cl_coefs);
+            }
+    }
+    bn_simd_select(bn_simd_best_supported());
+}
+
+/* Channels-last float-lane sums: the same bits on every level, and within the float
+ * lanes' rounding of the double loops (a loose bound: BN_STRETCH values per lane,
+ * and the lanes' deviations rounded to float). */
+static void test_cl_lane_sums(void)
+{
+    static const int64_t rows_list[] = {1, 7, 100, 333};
+    for (int t = 0; t < BN_DTYPE_COUNT; t++) {
+        if (!bn_dtype_supported((bn_dtype)t) || bn_block_ops_for((bn_dtype)t)->cl_lane_shifted_sums == NULL)
+            continue;
+        for (size_t ci = 0; ci < sizeof cl_channels / sizeof *cl_channels; ci++)
+            for (size_t ri = 0; ri < sizeof rows_list / sizeof *rows_list; ri++)
+                for (int relu = 0; relu < 2; relu++) {
+                    const int64_t channels = cl_channels[ci], rows = rows_list[ri], n = rows * channels;
+                    const size_t size = bn_dtype_size((bn_dtype)t);
+                    char *x = malloc((size_t)n * size), *dy = malloc((size_t)n * size);
+                    double *shift = malloc((size_t)channels * sizeof(double)), *mean = malloc((size_t)channels * sizeof(double));
+                    double *cl_coefs = malloc((size_t)channels * BN_CL_COEFS * sizeof(double));
+                    double *sums = malloc((size_t)channels * 12 * sizeof(double));
+                    double *first = sums, *lane = sums + 4 * channels, *exact = sums + 8 * channels;
+                    for (int64_t i = 0; i < n; i++) {
+                        bn_store((bn_dtype)t, x, i, 3 + uniform());
+                        bn_store((bn_dtype)t, dy, i, uniform());
+                    }
+                    for (int64_t c = 0; c < channels; c++)
+                        shift[c] = (double)(float)(3 + 0.5 * uniform());
+                    for (int level = 0; level <= (int)bn_simd_best_supported(); level++) {
+                        bn_simd_select((bn_simd)level);
+                        const bn_block_ops *ops = bn_block_ops_for((bn_dtype)t);
+                        for (int64_t c = 0; c < channels; c++) {
+                            bn_coefs k = cl_test_coefs(c);
+                            k.mean = mean[c] = shift[c] + 0.25;
+                            ops->cl_set_coefs(&k, c, channels, cl_coefs);
+                        }
+                        double *into = level == 0 ? first : lane;
+                        ops->cl_lane_shifted_sums(x, rows, channels, shift, into, into + channels);
+                        ops->cl_lane_grad_sums(x, dy, rows, channels, mean, cl_coefs, relu, into + 2 * channels,
+                                               into + 3 * channels);
+                        if (level > 0)
+                            CHECK(memcmp(first, lane, (size_t)channels * 4 * sizeof(double)) == 0,
+                                  "%s %s cl lane sums C=%lld rows=%lld differ from level 0", bn_dtype_name((bn_dtype)t),
+                                  bn_simd_name((bn_simd)level), (long long)channels, (long long)rows);
+                        ops->cl_shifted_sums(x, rows, channels, shift, exact, exact + channels);
+                        ops->cl_grad_sums(x, dy, rows, channels, mean, cl_coefs, relu, exact + 2 * channels,
+                                          exact + 3 * channels);
+                    }
+                    for (int64_t c = 0; c < channels; c++) {
+                        double abs_d = 0, abs_g = 0, abs_gx = 0;
+                        for (int64_t r = 0; r < rows; r++) {
+                            const double xv = bn_load((bn_dtype)t, x, r * channels + c), g = bn_load((bn_dtype)t, dy, r * channels + c);
+                            abs_d += fabs(xv - shift[c]);
+                            abs_g += fabs(g);
+                            abs_gx += fabs(g * (xv - mean[c]));
+                        }
+                        const double u = 64 * 0x1p-24;
+                        const double bound[4] = {u * abs_d, u * 4 * abs_d * abs_d, u * abs_g, u * 4 * (abs_gx + abs_g)};
+                        for (int s = 0; s < 4; s++)
+                            CHECK(fabs(first[s * channels + c] - exact[s * channels + c]) <= bound[s],
+                                  "%s cl lane sum %d C=%lld rows=%lld relu=%d c=%lld: %.17g, double loops %.17g",
+                                  bn_dtype_name((bn_dtype)t), s, (long long)channels, (long long)rows, relu,
+                                  (long long)c, first[s * channels + c], exact[s * channels + c]);
+                    }
+                    free(x), free(dy), free(shift), free(mean), free(cl_coefs), free(sums);
+                }
+    }
+    bn_simd_select(bn_simd_best_supported());
+}
+
 int main(void)
 {
     /* (N, C, S): odd sizes, rows shorter and longer than a SIMD chunk, tails, one
@@ -334,6 +467,8 @@ int main(void)
                 }
     }
     test_unlisted_terms();
+    test_cl_output_paths();
+    test_cl_lane_sums();
     printf("test_kernels: %d cases, %ld checks passed (SIMD levels up to %s, float16 %s)\n", cases, checks,
            bn_simd_name(bn_simd_best_supported()), bn_dtype_supported(BN_FLOAT16) ? "yes" : "no");
     return 0;
