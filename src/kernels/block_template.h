@@ -32,13 +32,6 @@
  * inline helpers.
  */
 
-/* Values one float lane of the lane sums (lane_shifted_sums and the others, both
- * layouts) accumulates before it is folded into a double: docs/numerics.md's bound
- * for those sums grows with it. */
-#ifndef BN_STRETCH
-#define BN_STRETCH 16
-#endif
-
 /* ---- per-element formulas, on BN_COMPUTE values ----
  *
  * Output loops compute in BN_COMPUTE: a float32 output needs no double arithmetic if
