@@ -15,18 +15,7 @@
 #include "dispatch.h"
 #include "pool.h"
 
-static long checks;
-
-#define CHECK(cond, ...)                                                                 \
-    do {                                                                                 \
-        checks++;                                                                        \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "FAILED %s:%d: ", __FILE__, __LINE__);                       \
-            fprintf(stderr, __VA_ARGS__);                                                \
-            fputc('\n', stderr);                                                         \
-            exit(1);                                                                     \
-        }                                                                                \
-    } while (0)
+#include "check.h"
 
 /* Relative rounding unit of a dtype, for the tolerances. */
 static double unit(bn_dtype t) { return t == BN_FLOAT64 ? 0x1p-53 : t == BN_FLOAT32 ? 0x1p-24 : 0x1p-11; }
