@@ -378,3 +378,34 @@ static void BN_NAME(output)(const void *xv, const void *dyv, void *outv, int64_t
     if (stream)
         bn_stream_fence();
 }
+
+/* Rows first .. first + count of an (N, C, S) array in memory order, row q being
+ * channel q % channels, each with its channel's coefficient vectors; x alone
+ * (terms without BN_USE_DY). One call for a run of rows, so that rows of a few
+ * dozen values (7 x 7) do not each pay a call and the conversion of their
+ * coefficients. */
+static void BN_NAME(output_rows)(const void *xv, void *outv, int64_t first, int64_t count, int64_t width,
+                                 int64_t channels, const void *cl_coefsv, int terms, int stream)
+{
+    const BN_T *x = xv;
+    BN_T *out = outv;
+    const BN_COMPUTE *cl_coefs = cl_coefsv;
+#define BN_ROWS_LOOP(t)                                                                                 \
+    for (int64_t q = first, c = first % channels; q < first + count; q++, c = c + 1 == channels ? 0 : c + 1) { \
+        const BN_NAME(compute_coefs) w = BN_NAME(cl_coefs_at)(cl_coefs, channels, c);                   \
+        BN_NAME(output_row)(x + q * width, x + q * width, out + q * width, width, &w, t, stream);       \
+    }
+#define BN_ROWS_CASE(t)                                                                                 \
+    case t:                                                                                             \
+        BN_ROWS_LOOP(t)                                                                                 \
+        break;
+    switch (terms) { /* as in output */
+        BN_FOR_EACH_TERMS(BN_ROWS_CASE)
+    default:
+        BN_ROWS_LOOP(terms)
+    }
+#undef BN_ROWS_CASE
+#undef BN_ROWS_LOOP
+    if (stream)
+        bn_stream_fence();
+}

@@ -9,27 +9,6 @@
  * BN_COMPUTE vectors over channels (BN_CL_COEFS of them, in compute_coefs' order),
  * converted once per channel by cl_set_coefs. */
 
-static void BN_NAME(cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefsv)
-{
-    BN_COMPUTE *cl_coefs = cl_coefsv;
-    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
-    const BN_COMPUTE values[BN_CL_COEFS] = {w.mean_hi, w.mean_lo, w.k_dy, w.k_xmu, w.k_const, w.relu_scale,
-                                           w.relu_shift};
-    for (int i = 0; i < BN_CL_COEFS; i++)
-        cl_coefs[i * channels + c] = values[i];
-}
-
-static inline BN_NAME(compute_coefs) BN_NAME(cl_coefs_at)(const BN_COMPUTE *cl_coefs, int64_t channels, int64_t c)
-{
-    return (BN_NAME(compute_coefs)){cl_coefs[c],
-                                 cl_coefs[channels + c],
-                                 cl_coefs[2 * channels + c],
-                                 cl_coefs[3 * channels + c],
-                                 cl_coefs[4 * channels + c],
-                                 cl_coefs[5 * channels + c],
-                                 cl_coefs[6 * channels + c]};
-}
-
 static void BN_NAME(cl_sum)(const void *xv, int64_t rows, int64_t channels, double *sum)
 {
     const BN_T *x = xv;
@@ -157,16 +136,30 @@ static inline BN_NAME(cl_window) BN_NAME(cl_window_at)(const BN_COMPUTE *cl_coef
  * then are folded into the double sums in lane order: a lane sums at most BN_STRETCH
  * values, and the order depends on the shape alone. Reading past the block's end
  * (the last group of short rows) goes through a zero-padded copy, its lanes
- * beyond the block masked. */
+ * beyond the block masked.
+ *
+ * A tile's stretches are accumulated in registers (cl_lane_stretch: local
+ * accumulators over a loop of constant length); accumulators in memory, reloaded
+ * chunk after chunk, ran at a quarter of the speed (32 x 256 x 56 x 56 float32
+ * statistics). A tile's lane values (shifts or coefficients) are set up once for
+ * cl_tile_groups groups (a few stretches, a few rows of a block's memory). */
+enum { BN_NAME(cl_tile_groups) = 4 * BN_STRETCH };
+
+/* the values lane j of a tile reads: lane[k][j], k = mean_hi (or the shift), mean_lo,
+ * relu_scale, relu_shift */
+typedef struct {
+    const BN_COMPUTE *lane[4];
+} BN_NAME(cl_lanes);
+
 static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
-                                          const BN_COMPUTE lane[4][BN_LANES], BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
+                                          const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
 {
     BN_WIDE_CHUNK(xv, x);
     BN_COMPUTE a[BN_LANES], b[BN_LANES];
     if (grad) {
         BN_WIDE_CHUNK(dv, dy);
         for (int j = 0; j < BN_LANES; j++) {
-            const BN_NAME(compute_coefs) w = {lane[0][j], lane[1][j], 0, 0, 0, lane[2][j], lane[3][j]};
+            const BN_NAME(compute_coefs) w = {l->lane[0][j], l->lane[1][j], 0, 0, 0, l->lane[2][j], l->lane[3][j]};
             const BN_COMPUTE centered = BN_NAME(centered)(xv[j], &w);
             const int passes = !relu_mask || BN_NAME(relu_passes)(centered, &w);
             a[j] = j < live && passes ? dv[j] : (BN_COMPUTE)0;
@@ -174,7 +167,7 @@ static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t
         }
     } else {
         for (int j = 0; j < BN_LANES; j++)
-            a[j] = j < live ? xv[j] - lane[0][j] : (BN_COMPUTE)0;
+            a[j] = j < live ? xv[j] - l->lane[0][j] : (BN_COMPUTE)0;
         for (int j = 0; j < BN_LANES; j++)
             b[j] = a[j] * a[j];
     }
@@ -184,10 +177,49 @@ static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t
         acc_b[j] += b[j];
 }
 
+/* The sums of one tile over a whole stretch, BN_STRETCH groups `group` elements apart
+ * and all within the block. */
+static inline void BN_NAME(cl_lane_stretch)(const BN_T *x, const BN_T *dy, int64_t group, int grad, int relu_mask,
+                                            const BN_NAME(cl_lanes) *l, BN_COMPUTE *out_a, BN_COMPUTE *out_b)
+{
+    BN_COMPUTE a[BN_LANES] = {0}, b[BN_LANES] = {0};
+    for (int g = 0; g < BN_STRETCH; g++)
+        BN_NAME(cl_lane_chunk)(x + g * group, dy + g * group, BN_LANES, grad, relu_mask, l, a, b);
+    memcpy(out_a, a, sizeof a);
+    memcpy(out_b, b, sizeof b);
+}
+
+/* The same for groups g0..g1 of a tile at c0 that are fewer or reach past the block's
+ * n elements. */
+static void BN_NAME(cl_lane_stretch_end)(const BN_T *x, const BN_T *dy, int64_t n, int64_t group, int64_t g0,
+                                         int64_t g1, int64_t c0, int grad, int relu_mask, const BN_NAME(cl_lanes) *l,
+                                         BN_COMPUTE *out_a, BN_COMPUTE *out_b)
+{
+    for (int j = 0; j < BN_LANES; j++)
+        out_a[j] = out_b[j] = 0;
+    for (int64_t g = g0; g < g1; g++) {
+        const int64_t at = g * group + c0;
+        if (at + BN_LANES <= n) {
+            BN_NAME(cl_lane_chunk)(x + at, dy + at, BN_LANES, grad, relu_mask, l, out_a, out_b);
+        } else {
+            BN_T pad_x[BN_LANES] = {0}, pad_dy[BN_LANES] = {0};
+            memcpy(pad_x, x + at, (size_t)(n - at) * sizeof(BN_T));
+            if (grad)
+                memcpy(pad_dy, dy + at, (size_t)(n - at) * sizeof(BN_T));
+            BN_NAME(cl_lane_chunk)(pad_x, pad_dy, n - at, grad, relu_mask, l, out_a, out_b);
+        }
+    }
+}
+
 /* lanes lo..hi of a tile at group position c0 into the sums of their channels */
 static inline void BN_NAME(cl_fold)(const BN_COMPUTE *acc, int64_t c0, int64_t lo, int64_t hi, int64_t channels,
                                     double *sum)
 {
+    if (lo == 0 && hi == BN_LANES && c0 + BN_LANES <= channels) { /* a whole tile within a row */
+        for (int j = 0; j < BN_LANES; j++)
+            sum[c0 + j] += (double)acc[j];
+        return;
+    }
     for (int64_t q = c0 + lo; q < c0 + hi;) {
         const int64_t c = q % channels, len = channels - c < c0 + hi - q ? channels - c : c0 + hi - q;
         for (int64_t i = 0; i < len; i++)
@@ -212,38 +244,34 @@ static inline void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t 
         BN_NAME(cl_wrap_coefs)(cl_coefs, channels, wrap);
     for (int64_t c = 0; c < channels; c++)
         sum_a[c] = sum_b[c] = 0.0;
-    for (int64_t g0 = 0; g0 < groups; g0 += BN_STRETCH) {
-        const int64_t g1 = groups - g0 < BN_STRETCH ? groups : g0 + BN_STRETCH;
+    for (int64_t h0 = 0; h0 < groups; h0 += BN_NAME(cl_tile_groups)) {
+        const int64_t h1 = groups - h0 < BN_NAME(cl_tile_groups) ? groups : h0 + BN_NAME(cl_tile_groups);
         for (int64_t t = 0; t < tiles; t++) {
             const int64_t c0 = group < BN_LANES ? 0 : (t * BN_LANES < group - BN_LANES ? t * BN_LANES : group - BN_LANES);
-            BN_COMPUTE lane[4][BN_LANES];
+            BN_COMPUTE shifts[BN_LANES];
+            BN_NAME(cl_lanes) l = {{shifts, shifts, shifts, shifts}};
             if (grad) {
                 const BN_NAME(cl_window) win = BN_NAME(cl_window_at)(cl_coefs, wrap, channels, c0);
                 static const int used[4] = {0, 1, 5, 6}; /* mean_hi, mean_lo, relu_scale, relu_shift */
                 for (int k = 0; k < 4; k++)
-                    for (int j = 0; j < BN_LANES; j++)
-                        lane[k][j] = win.at[used[k] * win.stride + j];
+                    l.lane[k] = win.at + used[k] * win.stride;
             } else {
                 /* shift is float-rounded already (fused.c): the conversion is exact */
                 for (int64_t j = 0, c = c0; j < BN_LANES; j++, c = c + 1 == channels ? 0 : c + 1)
-                    lane[0][j] = (BN_COMPUTE)shift[c];
-            }
-            BN_COMPUTE acc_a[BN_LANES] = {0}, acc_b[BN_LANES] = {0};
-            for (int64_t g = g0; g < g1; g++) {
-                const int64_t at = g * group + c0;
-                if (at + BN_LANES <= n) {
-                    BN_NAME(cl_lane_chunk)(x + at, dy + at, BN_LANES, grad, relu_mask, lane, acc_a, acc_b);
-                } else {
-                    BN_T pad_x[BN_LANES] = {0}, pad_dy[BN_LANES] = {0};
-                    memcpy(pad_x, x + at, (size_t)(n - at) * sizeof(BN_T));
-                    if (grad)
-                        memcpy(pad_dy, dy + at, (size_t)(n - at) * sizeof(BN_T));
-                    BN_NAME(cl_lane_chunk)(pad_x, pad_dy, n - at, grad, relu_mask, lane, acc_a, acc_b);
-                }
+                    shifts[j] = (BN_COMPUTE)shift[c];
             }
             const int64_t skip = t * BN_LANES - c0;
-            BN_NAME(cl_fold)(acc_a, c0, skip, width, channels, sum_a);
-            BN_NAME(cl_fold)(acc_b, c0, skip, width, channels, sum_b);
+            for (int64_t g0 = h0; g0 < h1; g0 += BN_STRETCH) {
+                const int64_t g1 = h1 - g0 < BN_STRETCH ? h1 : g0 + BN_STRETCH;
+                BN_COMPUTE acc_a[BN_LANES], acc_b[BN_LANES];
+                if (g1 - g0 == BN_STRETCH && (g1 - 1) * group + c0 + BN_LANES <= n)
+                    BN_NAME(cl_lane_stretch)(x + g0 * group + c0, dy + g0 * group + c0, group, grad, relu_mask, &l,
+                                             acc_a, acc_b);
+                else
+                    BN_NAME(cl_lane_stretch_end)(x, dy, n, group, g0, g1, c0, grad, relu_mask, &l, acc_a, acc_b);
+                BN_NAME(cl_fold)(acc_a, c0, skip, width, channels, sum_a);
+                BN_NAME(cl_fold)(acc_b, c0, skip, width, channels, sum_b);
+            }
         }
     }
 }

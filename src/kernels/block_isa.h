@@ -17,12 +17,14 @@
 #define BN_LANES 32
 #define BN_LINE_BYTES 64
 
-/* Writes one 64-byte-aligned cache line without reading it into the cache first. */
+/* Writes one 64-byte-aligned cache line without reading it into the cache first.
+ * In 32-byte halves on AVX-512 too: the line was just stored to the stack, as two
+ * halves where float16 chunks are narrowed, and a 64-byte load of two younger
+ * 32-byte stores cannot be forwarded from them (it waits for them to reach the
+ * cache). */
 static inline void bn_stream_line(void *dst, const void *line)
 {
-#if defined(__AVX512F__)
-    _mm512_stream_si512(dst, _mm512_loadu_si512(line));
-#elif defined(__AVX__)
+#if defined(__AVX__)
     for (int k = 0; k < 2; k++)
         _mm256_stream_si256((__m256i *)dst + k, _mm256_loadu_si256((const __m256i *)line + k));
 #elif defined(__SSE2__)
@@ -200,7 +202,8 @@ static inline void bn_f16_narrow1(_Float16 *p, float v)
         .shifted_sums = BN_EXPAND3(shifted_sums, suffix, BN_LEVEL),                                \
         .lane_shifted_sums = BN_LANE_ENTRY(lanes, lane_shifted_sums, suffix),                      \
         .lane_grad_sums = BN_LANE_ENTRY(lanes, lane_grad_sums, suffix),                            \
-        .output = BN_EXPAND3(output, suffix, BN_LEVEL), .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL), \
+        .output = BN_EXPAND3(output, suffix, BN_LEVEL), .output_rows = BN_EXPAND3(output_rows, suffix, BN_LEVEL), \
+        .cl_sum = BN_EXPAND3(cl_sum, suffix, BN_LEVEL),                                            \
         .cl_grad_sums = BN_EXPAND3(cl_grad_sums, suffix, BN_LEVEL),                                \
         .cl_shifted_sums = BN_EXPAND3(cl_shifted_sums, suffix, BN_LEVEL),                          \
         .cl_lane_shifted_sums = BN_LANE_ENTRY(lanes, cl_lane_shifted_sums, suffix),                \

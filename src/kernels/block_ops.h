@@ -21,8 +21,9 @@ typedef struct {
     double mean, k_dy, k_xmu, k_const, relu_scale, relu_shift;
 } bn_coefs;
 
-/* Channels-last output and gradient loops read the coefficients converted to the
- * type they compute in, as this many vectors over channels (cl_set_coefs);
+/* Channels-last output and gradient loops, and output_rows, read the coefficients
+ * converted to the type they compute in, as this many vectors over channels
+ * (cl_set_coefs);
  * a buffer of BN_CL_COEFS * C doubles holds them for every dtype. */
 #define BN_CL_COEFS 7
 
@@ -58,6 +59,10 @@ typedef struct {
      * non-temporal stores */
     void (*output)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
                    const bn_coefs *k, int terms, int stream);
+    /* rows first .. first + count of a whole (N, C, width) array, row q of channel
+     * q % channels, from x alone with the coefficient vectors of cl_set_coefs */
+    void (*output_rows)(const void *x, void *out, int64_t first, int64_t count, int64_t width, int64_t channels,
+                        const void *cl_coefs, int terms, int stream);
 
     /* Channels-last blocks: `rows` rows of `channels` contiguous values; the
      * results are vectors over channels. */

@@ -88,6 +88,30 @@ static inline BN_COMPUTE BN_NAME(output_value)(BN_COMPUTE x, BN_COMPUTE dy, int 
     return value;
 }
 
+/* Coefficient vectors: BN_CL_COEFS vectors over channels of BN_COMPUTE values, in
+ * compute_coefs' order, converted once per channel. Channels-last loops and NCHW
+ * rows in memory order (output_rows) read them. */
+static void BN_NAME(cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefsv)
+{
+    BN_COMPUTE *cl_coefs = cl_coefsv;
+    const BN_NAME(compute_coefs) w = BN_NAME(to_compute)(k);
+    const BN_COMPUTE values[BN_CL_COEFS] = {w.mean_hi, w.mean_lo, w.k_dy, w.k_xmu, w.k_const, w.relu_scale,
+                                           w.relu_shift};
+    for (int i = 0; i < BN_CL_COEFS; i++)
+        cl_coefs[i * channels + c] = values[i];
+}
+
+static inline BN_NAME(compute_coefs) BN_NAME(cl_coefs_at)(const BN_COMPUTE *cl_coefs, int64_t channels, int64_t c)
+{
+    return (BN_NAME(compute_coefs)){cl_coefs[c],
+                                 cl_coefs[channels + c],
+                                 cl_coefs[2 * channels + c],
+                                 cl_coefs[3 * channels + c],
+                                 cl_coefs[4 * channels + c],
+                                 cl_coefs[5 * channels + c],
+                                 cl_coefs[6 * channels + c]};
+}
+
 /* Values each accumulator of the float-lane sums (lane_shifted_sums, and their
  * channels-last variants) adds before it is folded into double. A block's M2 that
  * fused.c keeps is within (1 + BN_SHIFT_SPREAD)(3K + 4) u of the exact one, u = 2^-24,

@@ -16,8 +16,11 @@
  * gathering its blocks, reducing, then applying them in reverse so that the most
  * recently read ones are still in cache: memory sees about one read of the input.
  * With few channels the three steps are three pool runs over all blocks, so every
- * thread has work. An eval forward (nothing to gather) with short rows writes its
- * output in memory order instead, rows of consecutive channels one after the other.
+ * thread has work. An eval forward (nothing to gather) writes its output in memory
+ * order instead, rows of consecutive channels one after the other: it reads x once
+ * whatever the schedule, and one stream keeps the hardware prefetcher ahead where N
+ * rows C * S apart per channel do not (32 x 512 x 28 x 28 float32 eval, 2 threads:
+ * 5.6 against 3.1 ms).
  *
  * Channels-last data (NHWC, and (N, C) input): a block is a run of whole rows, each
  * holding every channel; gather and apply work on vectors across channels, and the
@@ -40,7 +43,7 @@
 /* NCHW rows at most this long are short: N of them C * S apart defeat the hardware
  * prefetcher, and the loads then wait on memory one row at a time (32 x 2048 x 7 x 7
  * input ran at a tenth of copy speed). Channels of short rows are prefetched a few
- * channels ahead, and an eval forward over them runs in memory order instead. */
+ * channels ahead. */
 #define BN_SHORT_ROW_BYTES 2048
 #define BN_PREFETCH_AHEAD 4
 /* Channels-last data is cut into at most this many row blocks, so that the per-block
@@ -77,7 +80,7 @@ struct bn_job {
     bn_block_step apply;
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
     double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
-    void *cl_coefs;   /* channels-last: the coefficients as the block loops read them */
+    void *cl_coefs;   /* channels-last, and NCHW rows in memory order: coefficient vectors */
     double *scratch;  /* channels-last gather: BN_PARTIALS vectors of C per block */
     /* operands */
     const char *x, *dy;
@@ -279,29 +282,24 @@ static void apply_in_memory_order_task(void *ctx, int64_t t)
     bn_job *job = ctx;
     const bn_dims d = job->dims;
     const int64_t first = t * job->rows_per_block, rows = d.n * d.c;
-    const int64_t end = first + job->rows_per_block < rows ? first + job->rows_per_block : rows;
-    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
-    for (int64_t q = first; q < end; q++) {
-        const bn_coefs k = coefs_of_channel(job, q % d.c);
-        job->ops->output(job->x + q * row_bytes, NULL, job->out + q * row_bytes, 1, d.s, d.s, &k, job->terms,
-                         job->stream);
-    }
+    const int64_t count = first + job->rows_per_block < rows ? job->rows_per_block : rows - first;
+    job->ops->output_rows(job->x, job->out, first, count, d.s, d.c, job->cl_coefs, job->terms, job->stream);
 }
 
 /* The output is written past the cache when it cannot stay there next to the input
- * (cache.h), except for NCHW rows of at most BN_SHORT_ROW_BYTES and for float16.
- * A short row begins and ends in partial lines written through the cache anyway,
- * and each call of the output loop (one per row in memory order) ends with a fence
- * that waits for the streamed lines: 2 threads, 32 MiB L3, eval forward streamed
- * against cached, 128 x 2048 x 7 x 7 float32 120 against 24 ms, 32 x 1024 x 14 x 14
- * float32 15 against 9 ms. The float16 streaming loop (narrowed lines reloaded
- * whole from the stack) measured slower than the write-allocate reads it saves at
- * every size tried: 32 x 64 x 112 x 112 eval 43 against 18 ms. */
+ * (cache.h), except for NCHW rows of at most BN_SHORT_ROW_BYTES. A short row begins
+ * and ends in partial lines written through the cache anyway, and each call of the
+ * output loop (one per row in memory order) ends with a fence that waits for the
+ * streamed lines: 2 threads, 32 MiB L3, eval forward streamed against cached,
+ * 128 x 2048 x 7 x 7 float32 120 against 24 ms, 32 x 1024 x 14 x 14 float32 15
+ * against 9 ms. float16 streams too since bn_stream_line reads its line in the
+ * halves the narrowing stored (32 x 64 x 112 x 112 float16 eval, 2 threads: 10.1
+ * against 3.4 ms). */
 static int streams_output(const bn_job *job)
 {
     const bn_dims d = job->dims;
     const int64_t elem = (int64_t)bn_dtype_size(job->dtype);
-    if (job->out == NULL || job->dtype == BN_FLOAT16 || (!d.channels_last && d.s * elem <= BN_SHORT_ROW_BYTES))
+    if (job->out == NULL || (!d.channels_last && d.s * elem <= BN_SHORT_ROW_BYTES))
         return 0;
     const int64_t arrays = 2 + (job->dy != NULL); /* x and the output, and dy */
     return d.n * d.c * d.s * elem * arrays > bn_stream_min_bytes();
@@ -317,16 +315,17 @@ static bn_status run_job(bn_job *job)
     /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
     job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
     job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
-    job->cl_coefs = channels_last ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
+    /* eval forward of NCHW data: in memory order (below), from coefficient vectors */
+    const int in_memory_order = !channels_last && !job->gather;
+    job->cl_coefs = channels_last || in_memory_order ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
     job->stream = streams_output(job);
     bn_status status = BN_NO_MEMORY;
-    if (job->partials == NULL || job->coef == NULL || (channels_last && (job->scratch == NULL || job->cl_coefs == NULL)))
+    if (job->partials == NULL || job->coef == NULL || (channels_last && job->scratch == NULL) ||
+        ((channels_last || in_memory_order) && job->cl_coefs == NULL))
         goto done;
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
-    const int64_t row_bytes = d.s * (int64_t)bn_dtype_size(job->dtype);
-    if (!channels_last && !job->gather && row_bytes <= BN_SHORT_ROW_BYTES) {
-        /* Eval forward with short rows: the coefficients, then the output in memory
-         * order, one stream instead of N rows C * S apart per channel. */
+    if (in_memory_order) {
+        /* Eval forward: the coefficients, then the output in memory order. */
         bn_pool_run(d.c, reduce_task, job, d.c);
         bn_pool_run((d.n * d.c + job->rows_per_block - 1) / job->rows_per_block, apply_in_memory_order_task, job,
                     elements);

@@ -311,7 +311,8 @@ static bn_coefs cl_test_coefs(int64_t c)
 
 /* cl_output of every dtype and level, for channel counts whose rows end inside a
  * vector or share one: each element as the single-element NCHW loop computes it,
- * through the cache or streamed, out of place or in place, at several alignments. */
+ * through the cache or streamed, out of place or in place, at several alignments;
+ * and output_rows on the same elements as NCHW rows. */
 static void test_cl_output_paths(void)
 {
     static const int terms_list[] = {BN_USE_X, BN_USE_X | BN_RELU_CLAMP, BN_USE_X | BN_USE_DY | BN_RELU_MASK};
@@ -355,6 +356,29 @@ static void test_cl_output_paths(void)
                                 ops->cl_output(in_place ? o : xs, dys, o, rows, channels, cl_coefs, terms, stream);
                                 CHECK(memcmp(o, want, (size_t)n * size) == 0 && (unsigned char)o[n * (int64_t)size] == 0x5a,
                                       "%s %s cl_output C=%lld rows=%lld terms=%d offset=%lld stream=%d in_place=%d",
+                                      bn_dtype_name((bn_dtype)t), bn_simd_name((bn_simd)level), (long long)channels,
+                                      (long long)rows, terms, (long long)shift, stream, in_place);
+                            }
+                            if (terms & BN_USE_DY)
+                                continue;
+                            /* the same elements as `channels` NCHW rows of `rows` values (N = 1)
+                             * through output_rows, in two calls (the second from row
+                             * channels / 2 on): row q of channel q */
+                            for (int64_t i = 0; i < n; i++) {
+                                const bn_coefs k = cl_test_coefs(i / rows);
+                                ops->output(xs + i * (int64_t)size, NULL, want + i * (int64_t)size, 1, 1, 1, &k, terms, 0);
+                            }
+                            for (int mode = 0; mode < 4; mode++) {
+                                const int stream = mode & 1, in_place = mode >> 1;
+                                const int64_t half = channels / 2;
+                                char *o = out + shift * (int64_t)size;
+                                memcpy(o, in_place ? xs : want, (size_t)n * size);
+                                memset(o + n * (int64_t)size, 0x5a, size);
+                                ops->output_rows(in_place ? o : xs, o, 0, half, rows, channels, cl_coefs, terms, stream);
+                                ops->output_rows(in_place ? o : xs, o, half, channels - half, rows, channels, cl_coefs,
+                                                 terms, stream);
+                                CHECK(memcmp(o, want, (size_t)n * size) == 0 && (unsigned char)o[n * (int64_t)size] == 0x5a,
+                                      "%s %s output_rows C=%lld width=%lld terms=%d offset=%lld stream=%d in_place=%d",
                                       bn_dtype_name((bn_dtype)t), bn_simd_name((bn_simd)level), (long long)channels,
                                       (long long)rows, terms, (long long)shift, stream, in_place);
                             }
