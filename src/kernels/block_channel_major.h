@@ -58,21 +58,18 @@ static double BN_NAME(sum)(const void *xv, int64_t rows, int64_t width, int64_t 
     return bn_combine_lanes(acc);
 }
 
-/* The chunk of shifted sums with deviations and accumulators of type ACC: double
- * (shifted_sums) or BN_COMPUTE (lane_shifted_sums). */
-#define BN_SHIFTED_SUMS_CHUNK(name, ACC)                                                               \
-    static inline void name(const BN_T *x, int64_t skip, ACC shift, ACC acc_d[BN_LANES], ACC acc_d2[BN_LANES]) \
-    {                                                                                                  \
-        BN_WIDE_CHUNK(v, x);                                                                           \
-        ACC d[BN_LANES];                                                                               \
-        for (int j = 0; j < BN_LANES; j++)                                                             \
-            d[j] = j >= skip ? (ACC)v[j] - shift : (ACC)0;                                             \
-        for (int j = 0; j < BN_LANES; j++)                                                             \
-            acc_d[j] += d[j];                                                                          \
-        for (int j = 0; j < BN_LANES; j++)                                                             \
-            acc_d2[j] += d[j] * d[j];                                                                  \
-    }
-BN_SHIFTED_SUMS_CHUNK(BN_NAME(shifted_sums_chunk), double)
+static inline void BN_NAME(shifted_sums_chunk)(const BN_T *x, int64_t skip, double shift, double acc_d[BN_LANES],
+                                               double acc_d2[BN_LANES])
+{
+    BN_WIDE_CHUNK(v, x);
+    double d[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        d[j] = j >= skip ? (double)v[j] - shift : 0.0;
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d[j] += d[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d2[j] += d[j] * d[j];
+}
 
 /* Sums of d = x - shift and of d^2. For float64 data (BN_COMPUTE double) with the
  * block's mean as the shift these are the centred sums of a two-pass variance. For
@@ -170,7 +167,31 @@ static inline void BN_NAME(fold_lanes)(BN_COMPUTE acc[BN_LANES], double total[BN
     }
 }
 
-BN_SHIFTED_SUMS_CHUNK(BN_NAME(lane_shifted_sums_chunk), BN_COMPUTE)
+/* 0 for the first BN_LANES entries, then 1: lane j of a chunk that skips its first
+ * `skip` lanes is scaled by after_skip[BN_LANES - skip + j]. A condition on j
+ * instead makes GCC split the loops at skip and run the rest one element at a time
+ * (134 instructions a chunk on rows of 7 x 7). Scaling a lane that is not finite
+ * gives NaN where the condition gave 0, but a block with anything not finite is
+ * summed again by the double loops anyway. */
+_Static_assert(BN_LANES == 32, "after_skip is written out for 32 lanes");
+#define BN_EIGHT(v) v, v, v, v, v, v, v, v
+static const BN_COMPUTE BN_NAME(after_skip)[2 * BN_LANES] = {BN_EIGHT(0), BN_EIGHT(0), BN_EIGHT(0), BN_EIGHT(0),
+                                                             BN_EIGHT(1), BN_EIGHT(1), BN_EIGHT(1), BN_EIGHT(1)};
+#undef BN_EIGHT
+
+static inline void BN_NAME(lane_shifted_sums_chunk)(const BN_T *x, int64_t skip, BN_COMPUTE shift,
+                                                    BN_COMPUTE acc_d[BN_LANES], BN_COMPUTE acc_d2[BN_LANES])
+{
+    BN_WIDE_CHUNK(v, x);
+    const BN_COMPUTE *keep = BN_NAME(after_skip) + BN_LANES - skip;
+    BN_COMPUTE d[BN_LANES];
+    for (int j = 0; j < BN_LANES; j++)
+        d[j] = (v[j] - shift) * keep[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d[j] += d[j];
+    for (int j = 0; j < BN_LANES; j++)
+        acc_d2[j] += d[j] * d[j];
+}
 
 /* d = x - shift formed in BN_COMPUTE: shift is a BN_COMPUTE value (fused.c's
  * shift_estimate rounds it), so the conversion below is exact. */
@@ -216,13 +237,14 @@ static inline void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, 
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
+    const BN_COMPUTE *keep = BN_NAME(after_skip) + BN_LANES - skip; /* see lane_shifted_sums_chunk */
     BN_COMPUTE g[BN_LANES];
     for (int j = 0; j < BN_LANES; j++)
-        g[j] = j >= skip ? BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, w) : (BN_COMPUTE)0;
+        g[j] = BN_NAME(masked_dy)(xv[j], dv[j], relu_mask, w) * keep[j];
     for (int j = 0; j < BN_LANES; j++)
         acc_g[j] += g[j];
     for (int j = 0; j < BN_LANES; j++)
-        acc_gx[j] += j >= skip ? g[j] * BN_NAME(centered)(xv[j], w) : (BN_COMPUTE)0;
+        acc_gx[j] += g[j] * BN_NAME(centered)(xv[j], w);
 }
 
 static inline void BN_NAME(lane_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
@@ -279,7 +301,7 @@ static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out,
 }
 
 /* Unread inputs (see output_value) are dead code once terms is a constant. */
-static inline void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
+BN_CHUNK_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
                                          const BN_NAME(compute_coefs) *w)
 {
     BN_WIDE_CHUNK(xv, x);

@@ -246,6 +246,13 @@ static inline void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t 
         sum_a[c] = sum_b[c] = 0.0;
     for (int64_t h0 = 0; h0 < groups; h0 += BN_NAME(cl_tile_groups)) {
         const int64_t h1 = groups - h0 < BN_NAME(cl_tile_groups) ? groups : h0 + BN_NAME(cl_tile_groups);
+        /* the tiles read these groups column by column: ask for the next ones in
+         * memory order, which the hardware prefetchers would not see coming */
+        const int64_t next = h1 * group < n ? h1 * group : n;
+        const int64_t ahead = n - next < BN_NAME(cl_tile_groups) * group ? n - next : BN_NAME(cl_tile_groups) * group;
+        bn_prefetch_range(x + next, (size_t)ahead * sizeof(BN_T));
+        if (grad)
+            bn_prefetch_range(dy + next, (size_t)ahead * sizeof(BN_T));
         for (int64_t t = 0; t < tiles; t++) {
             const int64_t c0 = group < BN_LANES ? 0 : (t * BN_LANES < group - BN_LANES ? t * BN_LANES : group - BN_LANES);
             BN_COMPUTE shifts[BN_LANES];

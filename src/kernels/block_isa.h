@@ -12,6 +12,15 @@
 #include <immintrin.h>
 #endif
 
+/* For the chunk functions that compilers would otherwise call out of line: a call
+ * per chunk also reloads the coefficients and leaves the vector unit's upper state
+ * (vzeroupper) for every 32 elements. */
+#if defined(__GNUC__)
+#define BN_CHUNK_INLINE static inline __attribute__((always_inline))
+#else
+#define BN_CHUNK_INLINE static inline
+#endif
+
 /* Independent accumulators per reduction: enough to hide the latency of a vector
  * add on every level (4 AVX-512 registers of 8 doubles, 8 of AVX2, 16 of SSE2). */
 #define BN_LANES 32
@@ -32,6 +41,19 @@ static inline void bn_stream_line(void *dst, const void *line)
         _mm_stream_si128((__m128i *)dst + k, _mm_loadu_si128((const __m128i *)line + k));
 #else
     memcpy(dst, line, BN_LINE_BYTES);
+#endif
+}
+
+/* Asks for the cache lines of [p, p + bytes) to be brought into the cache. */
+static inline void bn_prefetch_range(const void *p, size_t bytes)
+{
+#if defined(__GNUC__)
+    const char *c = p;
+    for (size_t i = 0; i < bytes; i += BN_LINE_BYTES)
+        __builtin_prefetch(c + i, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
 #endif
 }
 
