@@ -98,21 +98,25 @@ shape = (3, 4, 37, 601)   # rows of 601 float32 values: over 2 KiB, not whole ca
 x = (rng.standard_normal(shape) * rng.uniform(0.1, 10.0, (1, 4, 1, 1)) + 50.0).astype(np.float32)
 dy = rng.standard_normal(shape).astype(np.float32)
 results = []
-for layout in ("nchw", "nhwc"):
-    xs = x if layout == "nchw" else np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    bn = bnorm.BatchNorm2d(4)
-    y = bn(xs)
-    dx = bn.backward(dy)
-    bn.eval()
-    results += [y, dx, bn(xs)]
+# float16 in rows of 1201 values (2402 bytes), so that its NCHW rows stream too
+x16 = (rng.standard_normal((3, 4, 19, 1201)) * 2.0 + 5.0).astype(np.float16)
+dy16 = rng.standard_normal(x16.shape).astype(np.float16)
+for dtype, xd, dyd in ((np.float32, x, dy), (np.float16, x16, dy16)):
+    for layout in ("nchw", "nhwc"):
+        xs = xd if layout == "nchw" else np.ascontiguousarray(xd.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        bn = bnorm.BatchNorm2d(4, dtype=dtype)
+        y = bn(xs)
+        dx = bn.backward(dyd)
+        bn.eval()
+        results += [y, dx, bn(xs)]
 np.savez({path!r}, *results)
 """
 
 
 def test_streamed_output_matches_the_cached_one_bit_for_bit(run_python, tmp_path):
-    # BNORM_STREAM_MIN_MIB=0 streams every output the rules allow (float32 rows over
-    # 2 KiB, and channels-last); a huge threshold streams none. The unaligned head and
-    # tail of each row take the ordinary path.
+    # BNORM_STREAM_MIN_MIB=0 streams every output the rules allow (NCHW rows over
+    # 2 KiB, and channels-last), float32 and float16; a huge threshold streams none.
+    # The unaligned head and tail of each row take the ordinary path.
     outputs = {}
     for name, mib in (("streamed", "0"), ("cached", "1048576")):
         path = tmp_path / f"{name}.npz"

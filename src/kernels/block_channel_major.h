@@ -101,7 +101,7 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
     *sum_d2 = bn_combine_lanes(acc_d2);
 }
 
-static inline void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
+BN_INLINE void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
                                             double mean, const BN_NAME(compute_coefs) *w, double acc_g[BN_LANES],
                                             double acc_gx[BN_LANES])
 {
@@ -116,7 +116,7 @@ static inline void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64
         acc_gx[j] += j >= skip ? g[j] * ((double)xv[j] - mean) : 0.0;
 }
 
-static inline void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
+BN_INLINE void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
                                            int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
                                            double *sum_dy_xmu)
 {
@@ -231,7 +231,7 @@ static void BN_NAME(lane_shifted_sums)(const void *xv, int64_t rows, int64_t wid
 
 /* g = dy masked by the forward's ReLU and g * (x - mean), in BN_COMPUTE with x - mean
  * from the split mean (see centered). */
-static inline void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
+BN_INLINE void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
                                                  const BN_NAME(compute_coefs) *w, BN_COMPUTE acc_g[BN_LANES],
                                                  BN_COMPUTE acc_gx[BN_LANES])
 {
@@ -247,7 +247,7 @@ static inline void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, 
         acc_gx[j] += g[j] * BN_NAME(centered)(xv[j], w);
 }
 
-static inline void BN_NAME(lane_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
+BN_INLINE void BN_NAME(lane_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
                                                 int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
                                                 double *sum_dy_xmu)
 {
@@ -292,7 +292,7 @@ static void BN_NAME(lane_grad_sums)(const void *x, const void *dy, int64_t rows,
 }
 #endif
 
-static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
+BN_INLINE void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
                                        const BN_NAME(compute_coefs) *w)
 {
     const BN_COMPUTE xi = terms & (BN_USE_X | BN_RELU_MASK) ? BN_WIDEN1(x) : 0;
@@ -301,7 +301,7 @@ static inline void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out,
 }
 
 /* Unread inputs (see output_value) are dead code once terms is a constant. */
-BN_CHUNK_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
+BN_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
                                          const BN_NAME(compute_coefs) *w)
 {
     BN_WIDE_CHUNK(xv, x);
@@ -316,7 +316,7 @@ BN_CHUNK_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *
  * is at a cache-line boundary and the chunks are written past the cache: an output
  * much larger than the cache would otherwise evict the input still to be read, and
  * cost a read of each line before it is written. */
-static inline void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t i, int64_t end,
+BN_INLINE void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t i, int64_t end,
                                           const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
@@ -336,7 +336,7 @@ static inline void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *o
  * (arrays are aligned to their element size), whole chunks, then the rest. With
  * chunked tails (see sum_chunk) the first and the rest come from chunks at the
  * row's start and end, computed before anything is written. */
-static inline void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
+BN_INLINE void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
                                        const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     int64_t head = 0;

@@ -53,7 +53,7 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
     }
 }
 
-static inline void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+BN_INLINE void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
                                               const double *mean, const BN_COMPUTE *cl_coefs, int relu_mask,
                                               double *sum_dy, double *sum_dy_xmu)
 {
@@ -151,7 +151,7 @@ typedef struct {
     const BN_COMPUTE *lane[4];
 } BN_NAME(cl_lanes);
 
-static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
+BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
                                           const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
 {
     BN_WIDE_CHUNK(xv, x);
@@ -179,7 +179,7 @@ static inline void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t
 
 /* The sums of one tile over a whole stretch, BN_STRETCH groups `group` elements apart
  * and all within the block. */
-static inline void BN_NAME(cl_lane_stretch)(const BN_T *x, const BN_T *dy, int64_t group, int grad, int relu_mask,
+BN_INLINE void BN_NAME(cl_lane_stretch)(const BN_T *x, const BN_T *dy, int64_t group, int grad, int relu_mask,
                                             const BN_NAME(cl_lanes) *l, BN_COMPUTE *out_a, BN_COMPUTE *out_b)
 {
     BN_COMPUTE a[BN_LANES] = {0}, b[BN_LANES] = {0};
@@ -231,7 +231,7 @@ static inline void BN_NAME(cl_fold)(const BN_COMPUTE *acc, int64_t c0, int64_t l
 /* grad = 0: sum_a, sum_b = sum_d, sum_d2 of d = x - shift; grad = 1: sum_dy,
  * sum_dy_xmu (dy masked with relu_mask), dy * (x - mean) with (x - mean) as the
  * output loops form it */
-static inline void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+BN_INLINE void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
                                          const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
                                          double *sum_a, double *sum_b)
 {
@@ -301,7 +301,7 @@ static void BN_NAME(cl_lane_grad_sums)(const void *x, const void *dy, int64_t ro
 }
 #endif
 
-static inline void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, BN_NAME(cl_window) win,
+BN_INLINE void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, BN_NAME(cl_window) win,
                                             int terms)
 {
     BN_WIDE_CHUNK(xv, x);
@@ -326,7 +326,7 @@ static inline void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T 
  * L2 once a row's coefficients outgrow L1 (2048 channels: 57 KiB), which held
  * 32 x 2048 x 7 x 7 float32 eval to twice the time of the NCHW layout. */
 #define BN_CL_TILE_ROWS 8
-static inline void BN_NAME(cl_output_tiles)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
+BN_INLINE void BN_NAME(cl_output_tiles)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
                                             int64_t channels, const BN_COMPUTE *cl_coefs, int terms)
 {
     for (int64_t r0 = 0; r0 < rows; r0 += BN_CL_TILE_ROWS) {
@@ -345,7 +345,7 @@ static inline void BN_NAME(cl_output_tiles)(const BN_T *x, const BN_T *dy, BN_T 
     }
 }
 
-static inline void BN_NAME(cl_output_flat)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
+BN_INLINE void BN_NAME(cl_output_flat)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
                                            int64_t channels, const BN_COMPUTE *cl_coefs, int terms, int stream)
 {
     if (!stream && channels % BN_LANES == 0) {

@@ -50,7 +50,7 @@ static inline BN_NAME(compute_coefs) BN_NAME(to_compute)(const bn_coefs *k)
                                  (BN_COMPUTE)k->relu_shift};
 }
 
-static inline BN_COMPUTE BN_NAME(centered)(BN_COMPUTE x, const BN_NAME(compute_coefs) *w)
+BN_INLINE BN_COMPUTE BN_NAME(centered)(BN_COMPUTE x, const BN_NAME(compute_coefs) *w)
 {
     return (x - w->mean_hi) - w->mean_lo;
 }
@@ -58,20 +58,20 @@ static inline BN_COMPUTE BN_NAME(centered)(BN_COMPUTE x, const BN_NAME(compute_c
 /* Whether the forward's ReLU let this element through (its output > 0, PyTorch's
  * threshold_backward): the forward's pre-activation recomputed with the forward's
  * operations in the forward's order, instead of keeping the output. */
-static inline int BN_NAME(relu_passes)(BN_COMPUTE centered, const BN_NAME(compute_coefs) *w)
+BN_INLINE int BN_NAME(relu_passes)(BN_COMPUTE centered, const BN_NAME(compute_coefs) *w)
 {
     return w->relu_shift + w->relu_scale * centered > BN_ZERO_BELOW;
 }
 
 /* dy, or 0 where the forward's ReLU output was 0. */
-static inline BN_COMPUTE BN_NAME(masked_dy)(BN_COMPUTE x, BN_COMPUTE dy, int relu_mask, const BN_NAME(compute_coefs) *w)
+BN_INLINE BN_COMPUTE BN_NAME(masked_dy)(BN_COMPUTE x, BN_COMPUTE dy, int relu_mask, const BN_NAME(compute_coefs) *w)
 {
     return relu_mask && !BN_NAME(relu_passes)(BN_NAME(centered)(x, w), w) ? 0 : dy;
 }
 
 /* One output value; see bn_coefs. Terms left out are not read, so a NaN in x
  * cannot reach an eval-mode gradient, which does not depend on x. */
-static inline BN_COMPUTE BN_NAME(output_value)(BN_COMPUTE x, BN_COMPUTE dy, int terms, const BN_NAME(compute_coefs) *w)
+BN_INLINE BN_COMPUTE BN_NAME(output_value)(BN_COMPUTE x, BN_COMPUTE dy, int terms, const BN_NAME(compute_coefs) *w)
 {
     BN_COMPUTE centered = 0;
     if (terms & (BN_USE_X | BN_RELU_MASK))
