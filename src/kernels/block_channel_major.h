@@ -102,8 +102,8 @@ static void BN_NAME(shifted_sums)(const void *xv, int64_t rows, int64_t width, i
 }
 
 BN_INLINE void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
-                                            double mean, const BN_NAME(compute_coefs) *w, double acc_g[BN_LANES],
-                                            double acc_gx[BN_LANES])
+                                        double mean, const BN_NAME(compute_coefs) *w, double acc_g[BN_LANES],
+                                        double acc_gx[BN_LANES])
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
@@ -117,8 +117,8 @@ BN_INLINE void BN_NAME(grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t s
 }
 
 BN_INLINE void BN_NAME(grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
-                                           int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
-                                           double *sum_dy_xmu)
+                                       int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
+                                       double *sum_dy_xmu)
 {
     double acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     const double mean = k->mean;
@@ -232,8 +232,8 @@ static void BN_NAME(lane_shifted_sums)(const void *xv, int64_t rows, int64_t wid
 /* g = dy masked by the forward's ReLU and g * (x - mean), in BN_COMPUTE with x - mean
  * from the split mean (see centered). */
 BN_INLINE void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, int64_t skip, int relu_mask,
-                                                 const BN_NAME(compute_coefs) *w, BN_COMPUTE acc_g[BN_LANES],
-                                                 BN_COMPUTE acc_gx[BN_LANES])
+                                             const BN_NAME(compute_coefs) *w, BN_COMPUTE acc_g[BN_LANES],
+                                             BN_COMPUTE acc_gx[BN_LANES])
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
@@ -248,8 +248,8 @@ BN_INLINE void BN_NAME(lane_grad_sums_chunk)(const BN_T *x, const BN_T *dy, int6
 }
 
 BN_INLINE void BN_NAME(lane_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t width,
-                                                int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
-                                                double *sum_dy_xmu)
+                                            int64_t stride, const bn_coefs *k, int relu_mask, double *sum_dy,
+                                            double *sum_dy_xmu)
 {
     BN_COMPUTE acc_g[BN_LANES] = {0}, acc_gx[BN_LANES] = {0};
     double total_g[BN_LANES] = {0}, total_gx[BN_LANES] = {0};
@@ -293,7 +293,7 @@ static void BN_NAME(lane_grad_sums)(const void *x, const void *dy, int64_t rows,
 #endif
 
 BN_INLINE void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
-                                       const BN_NAME(compute_coefs) *w)
+                                   const BN_NAME(compute_coefs) *w)
 {
     const BN_COMPUTE xi = terms & (BN_USE_X | BN_RELU_MASK) ? BN_WIDEN1(x) : 0;
     const BN_COMPUTE di = terms & BN_USE_DY ? BN_WIDEN1(dy) : 0;
@@ -302,7 +302,7 @@ BN_INLINE void BN_NAME(output_one)(const BN_T *x, const BN_T *dy, BN_T *out, int
 
 /* Unread inputs (see output_value) are dead code once terms is a constant. */
 BN_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, int terms,
-                                         const BN_NAME(compute_coefs) *w)
+                                     const BN_NAME(compute_coefs) *w)
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
@@ -317,7 +317,7 @@ BN_INLINE void BN_NAME(output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, i
  * much larger than the cache would otherwise evict the input still to be read, and
  * cost a read of each line before it is written. */
 BN_INLINE void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t i, int64_t end,
-                                          const BN_NAME(compute_coefs) *w, int terms, int stream)
+                                      const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     enum { PER_LINE = BN_LINE_BYTES / sizeof(BN_T), LINES = BN_LANES / PER_LINE };
     for (; i < end; i += BN_LANES) {
@@ -337,7 +337,7 @@ BN_INLINE void BN_NAME(output_chunks)(const BN_T *x, const BN_T *dy, BN_T *out, 
  * chunked tails (see sum_chunk) the first and the rest come from chunks at the
  * row's start and end, computed before anything is written. */
 BN_INLINE void BN_NAME(output_row)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t width,
-                                       const BN_NAME(compute_coefs) *w, int terms, int stream)
+                                   const BN_NAME(compute_coefs) *w, int terms, int stream)
 {
     int64_t head = 0;
     if (stream)

@@ -54,8 +54,8 @@ static void BN_NAME(cl_shifted_sums)(const void *xv, int64_t rows, int64_t chann
 }
 
 BN_INLINE void BN_NAME(cl_grad_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
-                                              const double *mean, const BN_COMPUTE *cl_coefs, int relu_mask,
-                                              double *sum_dy, double *sum_dy_xmu)
+                                          const double *mean, const BN_COMPUTE *cl_coefs, int relu_mask,
+                                          double *sum_dy, double *sum_dy_xmu)
 {
     for (int64_t c = 0; c < channels; c++)
         sum_dy[c] = sum_dy_xmu[c] = 0.0;
@@ -152,7 +152,7 @@ typedef struct {
 } BN_NAME(cl_lanes);
 
 BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
-                                          const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
+                                      const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
 {
     BN_WIDE_CHUNK(xv, x);
     BN_COMPUTE a[BN_LANES], b[BN_LANES];
@@ -180,7 +180,7 @@ BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t liv
 /* The sums of one tile over a whole stretch, BN_STRETCH groups `group` elements apart
  * and all within the block. */
 BN_INLINE void BN_NAME(cl_lane_stretch)(const BN_T *x, const BN_T *dy, int64_t group, int grad, int relu_mask,
-                                            const BN_NAME(cl_lanes) *l, BN_COMPUTE *out_a, BN_COMPUTE *out_b)
+                                        const BN_NAME(cl_lanes) *l, BN_COMPUTE *out_a, BN_COMPUTE *out_b)
 {
     BN_COMPUTE a[BN_LANES] = {0}, b[BN_LANES] = {0};
     for (int g = 0; g < BN_STRETCH; g++)
@@ -232,8 +232,8 @@ static inline void BN_NAME(cl_fold)(const BN_COMPUTE *acc, int64_t c0, int64_t l
  * sum_dy_xmu (dy masked with relu_mask), dy * (x - mean) with (x - mean) as the
  * output loops form it */
 BN_INLINE void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
-                                         const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
-                                         double *sum_a, double *sum_b)
+                                     const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
+                                     double *sum_a, double *sum_b)
 {
     const int64_t n = rows * channels;
     const int64_t per_group = channels >= BN_LANES ? 1 : BN_LANES / channels, group = per_group * channels;
@@ -302,7 +302,7 @@ static void BN_NAME(cl_lane_grad_sums)(const void *x, const void *dy, int64_t ro
 #endif
 
 BN_INLINE void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out, BN_NAME(cl_window) win,
-                                            int terms)
+                                        int terms)
 {
     BN_WIDE_CHUNK(xv, x);
     BN_WIDE_CHUNK(dv, dy);
@@ -327,7 +327,7 @@ BN_INLINE void BN_NAME(cl_output_chunk)(const BN_T *x, const BN_T *dy, BN_T *out
  * 32 x 2048 x 7 x 7 float32 eval to twice the time of the NCHW layout. */
 #define BN_CL_TILE_ROWS 8
 BN_INLINE void BN_NAME(cl_output_tiles)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
-                                            int64_t channels, const BN_COMPUTE *cl_coefs, int terms)
+                                        int64_t channels, const BN_COMPUTE *cl_coefs, int terms)
 {
     for (int64_t r0 = 0; r0 < rows; r0 += BN_CL_TILE_ROWS) {
         const int64_t r1 = rows - r0 < BN_CL_TILE_ROWS ? rows : r0 + BN_CL_TILE_ROWS;
@@ -346,7 +346,7 @@ BN_INLINE void BN_NAME(cl_output_tiles)(const BN_T *x, const BN_T *dy, BN_T *out
 }
 
 BN_INLINE void BN_NAME(cl_output_flat)(const BN_T *x, const BN_T *dy, BN_T *out, int64_t rows,
-                                           int64_t channels, const BN_COMPUTE *cl_coefs, int terms, int stream)
+                                       int64_t channels, const BN_COMPUTE *cl_coefs, int terms, int stream)
 {
     if (!stream && channels % BN_LANES == 0) {
         BN_NAME(cl_output_tiles)(x, dy, out, rows, channels, cl_coefs, terms);
