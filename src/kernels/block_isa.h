@@ -101,7 +101,7 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_WIDEN1 BN_CAST_WIDEN1
 #define BN_NARROW1 BN_CAST_NARROW1
 #define BN_ZERO_BELOW 0.0f
-#define BN_CHUNKED_TAILS 0
+#define BN_CHUNKED_TAILS 1
 #define BN_LANE_SUMS 1
 #include "block_template.h"
 #undef BN_T
@@ -114,6 +114,8 @@ static inline double bn_combine_lanes(const double acc[BN_LANES])
 #define BN_NAME(op) BN_EXPAND3(op, f64, BN_LEVEL)
 #define BN_COMPUTE double
 #define BN_ZERO_BELOW 0.0
+#undef BN_CHUNKED_TAILS
+#define BN_CHUNKED_TAILS 0
 #undef BN_LANE_SUMS
 #define BN_LANE_SUMS 0
 #include "block_template.h"

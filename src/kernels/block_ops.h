@@ -60,9 +60,9 @@ typedef struct {
     void (*output)(const void *x, const void *dy, void *out, int64_t rows, int64_t width, int64_t stride,
                    const bn_coefs *k, int terms, int stream);
     /* rows first .. first + count of a whole (N, C, width) array, row q of channel
-     * q % channels, from x alone with the coefficient vectors of cl_set_coefs */
-    void (*output_rows)(const void *x, void *out, int64_t first, int64_t count, int64_t width, int64_t channels,
-                        const void *cl_coefs, int terms, int stream);
+     * q % channels, with the coefficient vectors of cl_set_coefs */
+    void (*output_rows)(const void *x, const void *dy, void *out, int64_t first, int64_t count, int64_t width,
+                        int64_t channels, const void *cl_coefs, int terms, int stream);
 
     /* Channels-last blocks: `rows` rows of `channels` contiguous values; the
      * results are vectors over channels. */

@@ -359,14 +359,14 @@ static void test_cl_output_paths(void)
                                       bn_dtype_name((bn_dtype)t), bn_simd_name((bn_simd)level), (long long)channels,
                                       (long long)rows, terms, (long long)shift, stream, in_place);
                             }
-                            if (terms & BN_USE_DY)
-                                continue;
                             /* the same elements as `channels` NCHW rows of `rows` values (N = 1)
                              * through output_rows, in two calls (the second from row
                              * channels / 2 on): row q of channel q */
+                            const char *rows_dy = terms & BN_USE_DY ? dys : NULL;
                             for (int64_t i = 0; i < n; i++) {
                                 const bn_coefs k = cl_test_coefs(i / rows);
-                                ops->output(xs + i * (int64_t)size, NULL, want + i * (int64_t)size, 1, 1, 1, &k, terms, 0);
+                                ops->output(xs + i * (int64_t)size, rows_dy ? rows_dy + i * (int64_t)size : NULL,
+                                            want + i * (int64_t)size, 1, 1, 1, &k, terms, 0);
                             }
                             for (int mode = 0; mode < 4; mode++) {
                                 const int stream = mode & 1, in_place = mode >> 1;
@@ -374,9 +374,10 @@ static void test_cl_output_paths(void)
                                 char *o = out + shift * (int64_t)size;
                                 memcpy(o, in_place ? xs : want, (size_t)n * size);
                                 memset(o + n * (int64_t)size, 0x5a, size);
-                                ops->output_rows(in_place ? o : xs, o, 0, half, rows, channels, cl_coefs, terms, stream);
-                                ops->output_rows(in_place ? o : xs, o, half, channels - half, rows, channels, cl_coefs,
-                                                 terms, stream);
+                                ops->output_rows(in_place ? o : xs, rows_dy, o, 0, half, rows, channels, cl_coefs, terms,
+                                                 stream);
+                                ops->output_rows(in_place ? o : xs, rows_dy, o, half, channels - half, rows, channels,
+                                                 cl_coefs, terms, stream);
                                 CHECK(memcmp(o, want, (size_t)n * size) == 0 && (unsigned char)o[n * (int64_t)size] == 0x5a,
                                       "%s %s output_rows C=%lld width=%lld terms=%d offset=%lld stream=%d in_place=%d",
                                       bn_dtype_name((bn_dtype)t), bn_simd_name((bn_simd)level), (long long)channels,
