@@ -30,6 +30,17 @@ typedef struct {
 /* Which terms an output loop computes. */
 enum { BN_USE_X = 1, BN_USE_DY = 2, BN_RELU_CLAMP = 4, BN_RELU_MASK = 8 };
 
+/* Whether an output loop computing `terms` reads coefficient vector k (in
+ * compute_coefs' order: mean_hi, mean_lo, k_dy, k_xmu, k_const, relu_scale,
+ * relu_shift; see output_value), so that copies of the coefficients move only
+ * those. */
+static inline int bn_coef_read(int k, int terms)
+{
+    static const int needs[BN_CL_COEFS] = {BN_USE_X | BN_RELU_MASK, BN_USE_X | BN_RELU_MASK, BN_USE_DY, BN_USE_X,
+                                           -1, BN_RELU_MASK, BN_RELU_MASK};
+    return (needs[k] & terms) != 0;
+}
+
 /* The combinations the kernels use: forward (with or without ReLU), gradient with
  * batch statistics and with constant ones (each with or without ReLU). */
 #define BN_FOR_EACH_TERMS(CASE)                                                    \
