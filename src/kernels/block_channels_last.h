@@ -129,29 +129,27 @@ static inline BN_NAME(cl_window) BN_NAME(cl_window_at)(const BN_COMPUTE *cl_coef
 }
 
 #if BN_LANE_SUMS
-/* Float-lane sums (see block_ops.h). Rows go in groups of R = BN_LANES / channels
- * rows (R = 1 for channels >= BN_LANES), a group in tiles of BN_LANES positions, the
- * last tile aligned to the group's end and overlapping the one before (lanes below
- * `skip` were counted by it). A tile's lanes accumulate BN_STRETCH groups in BN_COMPUTE,
- * then are folded into the double sums in lane order: a lane sums at most BN_STRETCH
- * values, and the order depends on the shape alone. Reading past the block's end
- * (the last group of short rows) goes through a zero-padded copy, its lanes
- * beyond the block masked.
+/* Float-lane sums (see block_ops.h): each channel's values accumulate in BN_COMPUTE
+ * over stretches of BN_STRETCH rows, counted from the block's first row, and each
+ * stretch is folded into the channel's double sum in order. A lane thus sums at most
+ * BN_STRETCH values, and the order depends on the shape alone.
  *
- * A tile's stretches are accumulated in registers (cl_lane_stretch: local
- * accumulators over a loop of constant length); accumulators in memory, reloaded
- * chunk after chunk, ran at a quarter of the speed (32 x 256 x 56 x 56 float32
- * statistics). A tile's lane values (shifts or coefficients) are set up once for
- * cl_tile_groups groups (a few stretches, a few rows of a block's memory). */
-enum { BN_NAME(cl_tile_groups) = 4 * BN_STRETCH };
+ * The block is read in memory order. On the EPYC machines a core reading a few rows
+ * at once, part of a row at a time (a tile of channels down a few rows, with its
+ * accumulators in registers), got a third of the read rate of one forward stream,
+ * software prefetch or not: 32 x 256 x 56 x 56 float32 statistics at 1 thread, 10
+ * against 3.5 ms for the reads alone. */
 
-/* the values lane j of a tile reads: lane[k][j], k = mean_hi (or the shift), mean_lo,
- * relu_scale, relu_shift */
+/* the values lane j of a chunk reads: lane[k][j], k = mean_hi (or the shift),
+ * mean_lo, relu_scale, relu_shift */
 typedef struct {
     const BN_COMPUTE *lane[4];
 } BN_NAME(cl_lanes);
 
-BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t live, int grad, int relu_mask,
+/* Adds one chunk's terms to acc_a and acc_b; lanes outside [lo, hi) add zeros.
+ * grad = 0: d = x - shift and d^2; grad = 1: dy (masked with relu_mask) and
+ * dy * (x - mean) with (x - mean) as the output loops form it. */
+BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int lo, int hi, int grad, int relu_mask,
                                       const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
 {
     BN_WIDE_CHUNK(xv, x);
@@ -161,13 +159,13 @@ BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t liv
         for (int j = 0; j < BN_LANES; j++) {
             const BN_NAME(compute_coefs) w = {l->lane[0][j], l->lane[1][j], 0, 0, 0, l->lane[2][j], l->lane[3][j]};
             const BN_COMPUTE centered = BN_NAME(centered)(xv[j], &w);
-            const int passes = !relu_mask || BN_NAME(relu_passes)(centered, &w);
-            a[j] = j < live && passes ? dv[j] : (BN_COMPUTE)0;
-            b[j] = a[j] * centered;
+            const int live = j >= lo && j < hi && (!relu_mask || BN_NAME(relu_passes)(centered, &w));
+            a[j] = live ? dv[j] : (BN_COMPUTE)0;
+            b[j] = live ? a[j] * centered : (BN_COMPUTE)0; /* 0, not 0 * inf */
         }
     } else {
         for (int j = 0; j < BN_LANES; j++)
-            a[j] = j < live ? xv[j] - l->lane[0][j] : (BN_COMPUTE)0;
+            a[j] = j >= lo && j < hi ? xv[j] - l->lane[0][j] : (BN_COMPUTE)0;
         for (int j = 0; j < BN_LANES; j++)
             b[j] = a[j] * a[j];
     }
@@ -177,148 +175,154 @@ BN_INLINE void BN_NAME(cl_lane_chunk)(const BN_T *x, const BN_T *dy, int64_t liv
         acc_b[j] += b[j];
 }
 
-/* The sums of one tile over a whole stretch, BN_STRETCH groups `group` elements apart
- * and all within the block. */
+/* ---- rows of at least BN_LANES channels ----
+ * A row goes in whole chunks, the last aligned to the row's end with the lanes the
+ * chunk before it counted left out. The stretch sums live in arrays over a strip of
+ * channels (L1), whole rows where they fit. */
+enum { BN_NAME(cl_strip) = 2048 };
+
+/* One row of the strip of channels [lo, hi) into acc_a, acc_b, which start at
+ * channel first = min(lo, hi - BN_LANES); l's vectors start at channel `first` too.
+ * The lanes a chunk leaves out add +0, which changes no sum. */
+BN_INLINE void BN_NAME(cl_lane_row)(const BN_T *x, const BN_T *dy, int64_t first, int64_t lo, int64_t hi, int grad,
+                                    int relu_mask, const BN_NAME(cl_lanes) *l, BN_COMPUTE *acc_a, BN_COMPUTE *acc_b)
+{
+    int64_t c = lo;
+    for (; c + BN_LANES <= hi; c += BN_LANES) {
+        const BN_NAME(cl_lanes) at = {{l->lane[0] + (c - first), l->lane[1] + (c - first), l->lane[2] + (c - first),
+                                      l->lane[3] + (c - first)}};
+        BN_NAME(cl_lane_chunk)(x + c, dy + c, 0, BN_LANES, grad, relu_mask, &at, acc_a + (c - first),
+                               acc_b + (c - first));
+    }
+    if (c < hi) {
+        const int64_t t = hi - BN_LANES - first;
+        const BN_NAME(cl_lanes) at = {{l->lane[0] + t, l->lane[1] + t, l->lane[2] + t, l->lane[3] + t}};
+        BN_NAME(cl_lane_chunk)(x + hi - BN_LANES, dy + hi - BN_LANES, (int)(c - (hi - BN_LANES)), BN_LANES, grad,
+                               relu_mask, &at, acc_a + t, acc_b + t);
+    }
+}
+
+BN_INLINE void BN_NAME(cl_lane_sums_rows)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+                                          const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
+                                          double *sum_a, double *sum_b)
+{
+    enum { SPAN = BN_NAME(cl_strip) + BN_LANES };
+    BN_COMPUTE acc_a[SPAN], acc_b[SPAN], shifts[SPAN];
+    for (int64_t lo = 0; lo < channels; lo += BN_NAME(cl_strip)) {
+        const int64_t hi = channels - lo < BN_NAME(cl_strip) ? channels : lo + BN_NAME(cl_strip);
+        const int64_t first = hi - lo < BN_LANES ? hi - BN_LANES : lo, span = hi - first;
+        BN_NAME(cl_lanes) l = {{shifts, shifts, shifts, shifts}};
+        if (grad) {
+            static const int used[4] = {0, 1, 5, 6}; /* mean_hi, mean_lo, relu_scale, relu_shift */
+            for (int k = 0; k < 4; k++)
+                l.lane[k] = cl_coefs + used[k] * channels + first;
+        } else {
+            /* shift is float-rounded already (fused.c): the conversion is exact */
+            for (int64_t i = 0; i < span; i++)
+                shifts[i] = (BN_COMPUTE)shift[first + i];
+        }
+        for (int64_t c = lo; c < hi; c++)
+            sum_a[c] = sum_b[c] = 0.0;
+        for (int64_t i = 0; i < span; i++)
+            acc_a[i] = acc_b[i] = 0;
+        for (int64_t r0 = 0; r0 < rows; r0 += BN_STRETCH) {
+            const int64_t r1 = rows - r0 < BN_STRETCH ? rows : r0 + BN_STRETCH;
+            for (int64_t r = r0; r < r1; r++)
+                BN_NAME(cl_lane_row)(x + r * channels, dy + r * channels, first, lo, hi, grad, relu_mask, &l, acc_a,
+                                     acc_b);
+            /* the folds restart the stretch sums (lanes below lo only ever add zeros) */
+            for (int64_t i = lo - first; i < span; i++) {
+                sum_a[first + i] += (double)acc_a[i];
+                acc_a[i] = 0;
+            }
+            for (int64_t i = lo - first; i < span; i++) {
+                sum_b[first + i] += (double)acc_b[i];
+                acc_b[i] = 0;
+            }
+        }
+    }
+}
+
+/* ---- rows of fewer than BN_LANES channels ----
+ * Rows go in groups of R = BN_LANES / channels rows, a group in one chunk whose lanes
+ * beyond the group are left out (lane j holds channel j % channels); a chunk's
+ * accumulators stay in registers over a stretch of BN_STRETCH groups. Reading past
+ * the block's end (the last group) goes through a zero-padded copy. */
+
+/* the sums of one chunk over BN_STRETCH groups `group` elements apart, all within the
+ * block */
 BN_INLINE void BN_NAME(cl_lane_stretch)(const BN_T *x, const BN_T *dy, int64_t group, int grad, int relu_mask,
                                         const BN_NAME(cl_lanes) *l, BN_COMPUTE *out_a, BN_COMPUTE *out_b)
 {
     BN_COMPUTE a[BN_LANES] = {0}, b[BN_LANES] = {0};
     for (int g = 0; g < BN_STRETCH; g++)
-        BN_NAME(cl_lane_chunk)(x + g * group, dy + g * group, BN_LANES, grad, relu_mask, l, a, b);
+        BN_NAME(cl_lane_chunk)(x + g * group, dy + g * group, 0, BN_LANES, grad, relu_mask, l, a, b);
     memcpy(out_a, a, sizeof a);
     memcpy(out_b, b, sizeof b);
 }
 
-/* The same for groups g0..g1 of a tile at c0 that are fewer or reach past the block's
- * n elements. */
+/* the same for groups g0..g1 that are fewer or reach past the block's n elements */
 static void BN_NAME(cl_lane_stretch_end)(const BN_T *x, const BN_T *dy, int64_t n, int64_t group, int64_t g0,
-                                         int64_t g1, int64_t c0, int grad, int relu_mask, const BN_NAME(cl_lanes) *l,
+                                         int64_t g1, int grad, int relu_mask, const BN_NAME(cl_lanes) *l,
                                          BN_COMPUTE *out_a, BN_COMPUTE *out_b)
 {
     for (int j = 0; j < BN_LANES; j++)
         out_a[j] = out_b[j] = 0;
     for (int64_t g = g0; g < g1; g++) {
-        const int64_t at = g * group + c0;
+        const int64_t at = g * group;
         if (at + BN_LANES <= n) {
-            BN_NAME(cl_lane_chunk)(x + at, dy + at, BN_LANES, grad, relu_mask, l, out_a, out_b);
+            BN_NAME(cl_lane_chunk)(x + at, dy + at, 0, BN_LANES, grad, relu_mask, l, out_a, out_b);
         } else {
             BN_T pad_x[BN_LANES] = {0}, pad_dy[BN_LANES] = {0};
             memcpy(pad_x, x + at, (size_t)(n - at) * sizeof(BN_T));
             if (grad)
                 memcpy(pad_dy, dy + at, (size_t)(n - at) * sizeof(BN_T));
-            BN_NAME(cl_lane_chunk)(pad_x, pad_dy, n - at, grad, relu_mask, l, out_a, out_b);
+            BN_NAME(cl_lane_chunk)(pad_x, pad_dy, 0, (int)(n - at), grad, relu_mask, l, out_a, out_b);
         }
     }
 }
 
-/* lanes lo..hi of a tile at group position c0 into the sums of their channels */
-static inline void BN_NAME(cl_fold)(const BN_COMPUTE *acc, int64_t c0, int64_t lo, int64_t hi, int64_t channels,
-                                    double *sum)
+BN_INLINE void BN_NAME(cl_lane_sums_short)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
+                                           const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
+                                           double *sum_a, double *sum_b)
 {
-    if (lo == 0 && hi == BN_LANES && c0 + BN_LANES <= channels) { /* a whole tile within a row */
+    const int64_t n = rows * channels, group = BN_LANES / channels * channels;
+    const int64_t groups = (n + group - 1) / group;
+    BN_COMPUTE wrap[BN_CL_COEFS * BN_NAME(cl_wrap)], shifts[BN_LANES];
+    BN_NAME(cl_lanes) l = {{shifts, shifts, shifts, shifts}};
+    if (grad) {
+        BN_NAME(cl_wrap_coefs)(cl_coefs, channels, wrap);
+        static const int used[4] = {0, 1, 5, 6}; /* mean_hi, mean_lo, relu_scale, relu_shift */
+        for (int k = 0; k < 4; k++)
+            l.lane[k] = wrap + used[k] * BN_NAME(cl_wrap);
+    } else {
         for (int j = 0; j < BN_LANES; j++)
-            sum[c0 + j] += (double)acc[j];
-        return;
+            shifts[j] = (BN_COMPUTE)shift[j % channels];
     }
-    for (int64_t q = c0 + lo; q < c0 + hi;) {
-        const int64_t c = q % channels, len = channels - c < c0 + hi - q ? channels - c : c0 + hi - q;
-        for (int64_t i = 0; i < len; i++)
-            sum[c + i] += (double)acc[q - c0 + i];
-        q += len;
-    }
-}
-
-/* The whole stretches from group h0 on of a tile at c0 whose lanes are channels
- * c0.. in order, folded into sum_a[0..BN_LANES) and sum_b in registers: the
- * additions of cl_fold in its order, without storing and reloading the sums every
- * stretch (that round trip was 14 % of the instructions of 8 x 64 x 28 x 28 float32
- * statistics, callgrind).
- * Returns the first group left to the caller. */
-BN_INLINE int64_t BN_NAME(cl_lane_whole_stretches)(const BN_T *x, const BN_T *dy, int64_t n, int64_t group,
-                                                   int64_t h0, int64_t h1, int64_t c0, int grad, int relu_mask,
-                                                   const BN_NAME(cl_lanes) *l, double *sum_a, double *sum_b)
-{
-    double fold_a[BN_LANES], fold_b[BN_LANES];
-    memcpy(fold_a, sum_a, sizeof fold_a);
-    memcpy(fold_b, sum_b, sizeof fold_b);
-    int64_t g0 = h0;
-    for (; h1 - g0 >= BN_STRETCH && (g0 + BN_STRETCH - 1) * group + c0 + BN_LANES <= n; g0 += BN_STRETCH) {
+    for (int64_t c = 0; c < channels; c++)
+        sum_a[c] = sum_b[c] = 0.0;
+    for (int64_t g0 = 0; g0 < groups; g0 += BN_STRETCH) {
+        const int64_t g1 = groups - g0 < BN_STRETCH ? groups : g0 + BN_STRETCH;
         BN_COMPUTE acc_a[BN_LANES], acc_b[BN_LANES];
-        BN_NAME(cl_lane_stretch)(x + g0 * group + c0, dy + g0 * group + c0, group, grad, relu_mask, l, acc_a, acc_b);
-        for (int j = 0; j < BN_LANES; j++)
-            fold_a[j] += (double)acc_a[j];
-        for (int j = 0; j < BN_LANES; j++)
-            fold_b[j] += (double)acc_b[j];
+        if (g1 - g0 == BN_STRETCH && (g1 - 1) * group + BN_LANES <= n)
+            BN_NAME(cl_lane_stretch)(x + g0 * group, dy + g0 * group, group, grad, relu_mask, &l, acc_a, acc_b);
+        else
+            BN_NAME(cl_lane_stretch_end)(x, dy, n, group, g0, g1, grad, relu_mask, &l, acc_a, acc_b);
+        for (int64_t j = 0; j < group; j++)
+            sum_a[j % channels] += (double)acc_a[j];
+        for (int64_t j = 0; j < group; j++)
+            sum_b[j % channels] += (double)acc_b[j];
     }
-    memcpy(sum_a, fold_a, sizeof fold_a);
-    memcpy(sum_b, fold_b, sizeof fold_b);
-    return g0;
 }
 
-/* grad = 0: sum_a, sum_b = sum_d, sum_d2 of d = x - shift; grad = 1: sum_dy,
- * sum_dy_xmu (dy masked with relu_mask), dy * (x - mean) with (x - mean) as the
- * output loops form it */
 BN_INLINE void BN_NAME(cl_lane_sums)(const BN_T *x, const BN_T *dy, int64_t rows, int64_t channels,
                                      const double *shift, const BN_COMPUTE *cl_coefs, int grad, int relu_mask,
                                      double *sum_a, double *sum_b)
 {
-    const int64_t n = rows * channels;
-    const int64_t per_group = channels >= BN_LANES ? 1 : BN_LANES / channels, group = per_group * channels;
-    const int64_t groups = (rows + per_group - 1) / per_group;
-    const int64_t tiles = (group + BN_LANES - 1) / BN_LANES, width = group < BN_LANES ? group : BN_LANES;
-    BN_COMPUTE wrap[BN_CL_COEFS * BN_NAME(cl_wrap)];
-    if (grad)
-        BN_NAME(cl_wrap_coefs)(cl_coefs, channels, wrap);
-    for (int64_t c = 0; c < channels; c++)
-        sum_a[c] = sum_b[c] = 0.0;
-    for (int64_t h0 = 0; h0 < groups; h0 += BN_NAME(cl_tile_groups)) {
-        const int64_t h1 = groups - h0 < BN_NAME(cl_tile_groups) ? groups : h0 + BN_NAME(cl_tile_groups);
-        /* the tiles read these groups column by column: ask for the next ones in
-         * memory order, which the hardware prefetchers would not see coming */
-        const int64_t next = h1 * group < n ? h1 * group : n;
-        const int64_t ahead = n - next < BN_NAME(cl_tile_groups) * group ? n - next : BN_NAME(cl_tile_groups) * group;
-        bn_prefetch_range(x + next, (size_t)ahead * sizeof(BN_T));
-        if (grad)
-            bn_prefetch_range(dy + next, (size_t)ahead * sizeof(BN_T));
-        for (int64_t t = 0; t < tiles; t++) {
-            const int64_t c0 = group < BN_LANES ? 0 : (t * BN_LANES < group - BN_LANES ? t * BN_LANES : group - BN_LANES);
-            BN_COMPUTE shifts[BN_LANES];
-            BN_NAME(cl_lanes) l = {{shifts, shifts, shifts, shifts}};
-            if (grad) {
-                const BN_NAME(cl_window) win = BN_NAME(cl_window_at)(cl_coefs, wrap, channels, c0);
-                static const int used[4] = {0, 1, 5, 6}; /* mean_hi, mean_lo, relu_scale, relu_shift */
-                for (int k = 0; k < 4; k++)
-                    l.lane[k] = win.at + used[k] * win.stride;
-            } else {
-                /* shift is float-rounded already (fused.c): the conversion is exact.
-                 * A tile within a row converts in one vector loop: the wrapping loop
-                 * was a sixth of the instructions of 8 x 64 x 28 x 28 float32
-                 * statistics (callgrind). */
-                if (c0 + BN_LANES <= channels)
-                    for (int j = 0; j < BN_LANES; j++)
-                        shifts[j] = (BN_COMPUTE)shift[c0 + j];
-                else
-                    for (int64_t j = 0, c = c0; j < BN_LANES; j++, c = c + 1 == channels ? 0 : c + 1)
-                        shifts[j] = (BN_COMPUTE)shift[c];
-            }
-            const int64_t skip = t * BN_LANES - c0;
-            int64_t g0 = h0;
-            if (skip == 0 && c0 + BN_LANES <= channels) /* a whole tile within a row */
-                g0 = BN_NAME(cl_lane_whole_stretches)(x, dy, n, group, h0, h1, c0, grad, relu_mask, &l, sum_a + c0,
-                                                      sum_b + c0);
-            for (; g0 < h1; g0 += BN_STRETCH) {
-                const int64_t g1 = h1 - g0 < BN_STRETCH ? h1 : g0 + BN_STRETCH;
-                BN_COMPUTE acc_a[BN_LANES], acc_b[BN_LANES];
-                if (g1 - g0 == BN_STRETCH && (g1 - 1) * group + c0 + BN_LANES <= n)
-                    BN_NAME(cl_lane_stretch)(x + g0 * group + c0, dy + g0 * group + c0, group, grad, relu_mask, &l,
-                                             acc_a, acc_b);
-                else
-                    BN_NAME(cl_lane_stretch_end)(x, dy, n, group, g0, g1, c0, grad, relu_mask, &l, acc_a, acc_b);
-                BN_NAME(cl_fold)(acc_a, c0, skip, width, channels, sum_a);
-                BN_NAME(cl_fold)(acc_b, c0, skip, width, channels, sum_b);
-            }
-        }
-    }
+    if (channels >= BN_LANES)
+        BN_NAME(cl_lane_sums_rows)(x, dy, rows, channels, shift, cl_coefs, grad, relu_mask, sum_a, sum_b);
+    else
+        BN_NAME(cl_lane_sums_short)(x, dy, rows, channels, shift, cl_coefs, grad, relu_mask, sum_a, sum_b);
 }
 
 static void BN_NAME(cl_lane_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift,

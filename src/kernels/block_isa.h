@@ -47,19 +47,6 @@ static inline void bn_stream_line(void *dst, const void *line)
 #endif
 }
 
-/* Asks for the cache lines of [p, p + bytes) to be brought into the cache. */
-static inline void bn_prefetch_range(const void *p, size_t bytes)
-{
-#if defined(__GNUC__)
-    const char *c = p;
-    for (size_t i = 0; i < bytes; i += BN_LINE_BYTES)
-        __builtin_prefetch(c + i, 0, 3);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-}
-
 /* Streaming stores are weakly ordered: fence them before other threads read. */
 static inline void bn_stream_fence(void)
 {
