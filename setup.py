@@ -27,6 +27,7 @@ COMMON_SOURCES = [
     "kernels/cache.c",
     "kernels/dispatch.c",
     "kernels/pool.c",
+    "kernels/workspace.c",
     "kernels/block_baseline.c",
 ]
 

@@ -80,8 +80,11 @@ typedef struct {
     void (*cl_sum)(const void *x, int64_t rows, int64_t channels, double *sum);
     void (*cl_shifted_sums)(const void *x, int64_t rows, int64_t channels, const double *shift, double *sum_d,
                             double *sum_d2);
-    /* channel c's coefficients into `cl_coefs` (BN_CL_COEFS vectors of `channels`) */
-    void (*cl_set_coefs)(const bn_coefs *k, int64_t c, int64_t channels, void *cl_coefs);
+    /* the coefficients of channels c0 .. c1 into `cl_coefs` (BN_CL_COEFS vectors of
+     * `channels`), from the vector of means and the vectors `coef` of k_dy, k_xmu,
+     * k_const, relu_scale and relu_shift (bn_coefs' order) over `channels` */
+    void (*cl_set_coefs)(const double *mean, const double *coef, int64_t c0, int64_t c1, int64_t channels,
+                         void *cl_coefs);
     void (*cl_grad_sums)(const void *x, const void *dy, int64_t rows, int64_t channels, const double *mean,
                          const void *cl_coefs, int relu_mask, double *sum_dy, double *sum_dy_xmu);
     /* the float-lane variants of cl_shifted_sums and cl_grad_sums (see lane_shifted_sums) */

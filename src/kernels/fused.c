@@ -30,11 +30,12 @@
 #include "bnorm_kernels.h"
 
 #include <math.h>
-#include <stdlib.h>
+#include <string.h>
 
 #include "cache.h"
 #include "dispatch.h"
 #include "pool.h"
+#include "workspace.h"
 
 /* Elements per block: two passes over a block run from the core's private cache. */
 #define BN_BLOCK_ELEMS 16384
@@ -54,6 +55,8 @@
  * vectors over channels stay O(C) (a few hundred bytes per channel) however many
  * rows there are; each block is read in one pass for float32 and float16. */
 #define BN_CL_MAX_BLOCKS 4
+/* Channels per task of the prepare and reduce steps run over all channels. */
+#define BN_CHANNEL_RUN 64
 /* Partial results per block and channel, and coefficients per channel. */
 #define BN_PARTIALS 3
 #define BN_COEFS 5
@@ -83,6 +86,7 @@ struct bn_job {
     bn_block_step gather;
     bn_channel_step reduce;
     bn_block_step apply;
+    /* in the workspace (workspace.h); partials and scratch only with a gather step */
     double *partials; /* BN_PARTIALS per (channel, block), at partials_of(c, b) */
     double *coef;     /* BN_COEFS vectors of C: k_dy, k_xmu, k_const, relu_scale, relu_shift */
     void *cl_coefs;   /* channels-last, and NCHW rows in memory order: coefficient vectors */
@@ -114,11 +118,11 @@ static bn_coefs coefs_of_channel(bn_job *job, int64_t c)
                       coef_of(job, K_CONST)[c], coef_of(job, K_RELU_SCALE)[c], coef_of(job, K_RELU_SHIFT)[c]};
 }
 
-/* Channels-last loops read the coefficients converted once per channel. */
-static void publish_cl_coefs(bn_job *job, int64_t c)
+/* Channels-last loops read the coefficients converted once per channel: those of
+ * channels c0 .. c1. */
+static void publish_cl_coefs(bn_job *job, int64_t c0, int64_t c1)
 {
-    const bn_coefs k = coefs_of_channel(job, c);
-    job->ops->cl_set_coefs(&k, c, job->dims.c, job->cl_coefs);
+    job->ops->cl_set_coefs(job->mean, job->coef, c0, c1, job->dims.c, job->cl_coefs);
 }
 
 static double *partials_of(bn_job *job, int64_t c, int64_t b)
@@ -231,7 +235,7 @@ static void channel_task(void *ctx, int64_t c)
             job->gather(job, c, b);
     job->reduce(job, c);
     if (job->in_memory_order)
-        publish_cl_coefs(job, c);
+        publish_cl_coefs(job, c, c + 1);
     else if (job->apply)
         for (int64_t b = job->channel_blocks - 1; b >= 0; b--)
             job->apply(job, c, b);
@@ -260,20 +264,27 @@ static void gather_task(void *ctx, int64_t t)
     job->gather(job, t / job->channel_blocks, t % job->channel_blocks);
 }
 
-static void prepare_task(void *ctx, int64_t c)
+/* Task t of a pool run over channels: the BN_CHANNEL_RUN channels from t * BN_CHANNEL_RUN
+ * on, whose coefficient vectors are then converted in one go. */
+static void channel_step_task(bn_job *job, bn_channel_step step, int64_t t)
 {
-    bn_job *job = ctx;
-    job->prepare(job, c);
+    const int64_t c0 = t * BN_CHANNEL_RUN, c1 = c0 + BN_CHANNEL_RUN < job->dims.c ? c0 + BN_CHANNEL_RUN : job->dims.c;
+    for (int64_t c = c0; c < c1; c++)
+        step(job, c);
     if (job->cl_coefs)
-        publish_cl_coefs(job, c);
+        publish_cl_coefs(job, c0, c1);
 }
 
-static void reduce_task(void *ctx, int64_t c)
+static void prepare_task(void *ctx, int64_t t)
 {
     bn_job *job = ctx;
-    job->reduce(job, c);
-    if (job->cl_coefs)
-        publish_cl_coefs(job, c);
+    channel_step_task(job, job->prepare, t);
+}
+
+static void reduce_task(void *ctx, int64_t t)
+{
+    bn_job *job = ctx;
+    channel_step_task(job, job->reduce, t);
 }
 
 static void apply_task(void *ctx, int64_t t)
@@ -327,46 +338,51 @@ static int in_memory_order(const bn_job *job)
     return job->gather == NULL || d.s * (int64_t)bn_dtype_size(job->dtype) <= BN_SCATTERED_ROW_BYTES;
 }
 
+/* Bytes rounded up to whole 64-byte lines, so that the parts of a job's workspace
+ * share no line. */
+static size_t line_bytes(int64_t count, size_t size) { return ((size_t)count * size + 63) & ~(size_t)63; }
+
 static bn_status run_job(bn_job *job)
 {
     const bn_dims d = job->dims;
     const int64_t elements = d.n * d.c * d.s;
     const int64_t channels_last = d.channels_last;
     const int64_t nblocks = channels_last ? job->channel_blocks : d.c * job->channel_blocks;
-    job->partials = malloc((size_t)(d.c * job->channel_blocks) * BN_PARTIALS * sizeof(double));
-    /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
-    job->coef = calloc((size_t)d.c * BN_COEFS, sizeof(double));
-    job->scratch = channels_last ? malloc((size_t)(nblocks * d.c) * BN_PARTIALS * sizeof(double)) : NULL;
     job->in_memory_order = in_memory_order(job);
-    job->cl_coefs = channels_last || job->in_memory_order ? malloc((size_t)d.c * BN_CL_COEFS * sizeof(double)) : NULL;
     job->stream = streams_output(job);
-    bn_status status = BN_NO_MEMORY;
-    if (job->partials == NULL || job->coef == NULL || (channels_last && job->scratch == NULL) ||
-        ((channels_last || job->in_memory_order) && job->cl_coefs == NULL))
-        goto done;
+    /* the workspace: coef, then what the steps use of partials, scratch and cl_coefs */
+    const size_t coef_bytes = line_bytes(d.c * BN_COEFS, sizeof(double));
+    const size_t partial_bytes = job->gather ? line_bytes(d.c * job->channel_blocks * BN_PARTIALS, sizeof(double)) : 0;
+    const size_t scratch_bytes = job->gather && channels_last ? line_bytes(nblocks * d.c * BN_PARTIALS, sizeof(double)) : 0;
+    const size_t cl_coef_bytes = channels_last || job->in_memory_order ? line_bytes(d.c * BN_CL_COEFS, sizeof(double)) : 0;
+    char *workspace = bn_workspace_take(coef_bytes + partial_bytes + scratch_bytes + cl_coef_bytes);
+    if (workspace == NULL)
+        return BN_NO_MEMORY;
+    job->coef = (double *)workspace;
+    job->partials = partial_bytes ? (double *)(workspace + coef_bytes) : NULL;
+    job->scratch = scratch_bytes ? (double *)(workspace + coef_bytes + partial_bytes) : NULL;
+    job->cl_coefs = cl_coef_bytes ? workspace + coef_bytes + partial_bytes + scratch_bytes : NULL;
+    /* zeroed: a backward's prepare step publishes coefficients its reduce sets later */
+    memset(job->coef, 0, coef_bytes);
     const int64_t runs = (int64_t)BN_CHANNELS_PER_THREAD * bn_pool_get_threads();
+    const int64_t channel_runs = (d.c + BN_CHANNEL_RUN - 1) / BN_CHANNEL_RUN;
     if (!channels_last && d.c >= runs && job->gather) {
         job->channels_per_run = (d.c + runs - 1) / runs;
         bn_pool_run((d.c + job->channels_per_run - 1) / job->channels_per_run, channel_run_task, job, elements);
     } else {
         if (job->prepare)
-            bn_pool_run(d.c, prepare_task, job, d.c);
+            bn_pool_run(channel_runs, prepare_task, job, d.c);
         if (job->gather)
             bn_pool_run(nblocks, gather_task, job, elements);
-        bn_pool_run(d.c, reduce_task, job, d.c * job->channel_blocks);
+        bn_pool_run(channel_runs, reduce_task, job, d.c * job->channel_blocks);
         if (job->apply && !job->in_memory_order)
             bn_pool_run(nblocks, apply_task, job, elements);
     }
     if (job->in_memory_order)
         bn_pool_run((d.n * d.c + job->rows_per_block - 1) / job->rows_per_block, apply_in_memory_order_task, job,
                     elements);
-    status = BN_OK;
-done:
-    free(job->partials);
-    free(job->coef);
-    free(job->scratch);
-    free(job->cl_coefs);
-    return status;
+    bn_workspace_give(workspace);
+    return BN_OK;
 }
 
 /* ---- gather: statistics ---- */

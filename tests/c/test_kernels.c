@@ -263,6 +263,22 @@ static void test_case(bn_dtype t, bn_dims d, double offset, int relu)
     free(x), free(dy), free(gamma), free(beta);
 }
 
+/* Channel c's coefficients k into cl_coefs through the kernels' vector form (means and
+ * BN_COEFS-style vectors over all channels, of which only channel c is read). */
+static void set_channel_coefs(const bn_block_ops *ops, const bn_coefs *k, int64_t c, int64_t channels,
+                              void *cl_coefs)
+{
+    double *mean = calloc((size_t)channels, sizeof(double)), *coef = calloc((size_t)channels * 5, sizeof(double));
+    CHECK(mean != NULL && coef != NULL, "out of memory");
+    const double values[5] = {k->k_dy, k->k_xmu, k->k_const, k->relu_scale, k->relu_shift};
+    mean[c] = k->mean;
+    for (int i = 0; i < 5; i++)
+        coef[i * channels + c] = values[i];
+    ops->cl_set_coefs(mean, coef, c, c + 1, channels, cl_coefs);
+    free(mean);
+    free(coef);
+}
+
 /* An output loop given terms outside BN_FOR_EACH_TERMS (here with the forward's
  * ReLU clamp and dy both, which no kernel asks for) computes them, unspecialised,
  * instead of leaving the output unwritten: NCHW and channels-last, every level. */
@@ -286,7 +302,7 @@ static void test_unlisted_terms(void)
                 ops->output(x, dy, out, ROWS, WIDTH, WIDTH, &k, terms, 0);
             } else {
                 for (int c = 0; c < WIDTH; c++)
-                    ops->cl_set_coefs(&k, c, WIDTH, cl_coefs);
+                    set_channel_coefs(ops, &k, c, WIDTH, cl_coefs);
                 ops->cl_output(x, dy, out, ROWS, WIDTH, cl_coefs, terms, 0);
             }
             for (int i = 0; i < COUNT; i++) {
@@ -337,7 +353,7 @@ static void test_cl_output_paths(void)
                     const bn_block_ops *ops = bn_block_ops_for((bn_dtype)t);
                     for (int64_t c = 0; c < channels; c++) {
                         const bn_coefs k = cl_test_coefs(c);
-                        ops->cl_set_coefs(&k, c, channels, cl_coefs);
+                        set_channel_coefs(ops, &k, c, channels, cl_coefs);
                     }
                     for (size_t ti = 0; ti < sizeof terms_list / sizeof *terms_list; ti++)
                         for (int64_t shift = 0; shift < 3; shift++) {
@@ -422,7 +438,7 @@ static void test_cl_lane_sums(void)
                         for (int64_t c = 0; c < channels; c++) {
                             bn_coefs k = cl_test_coefs(c);
                             k.mean = mean[c] = shift[c] + 0.25;
-                            ops->cl_set_coefs(&k, c, channels, cl_coefs);
+                            set_channel_coefs(ops, &k, c, channels, cl_coefs);
                         }
                         double *into = level == 0 ? first : lane;
                         ops->cl_lane_shifted_sums(x, rows, channels, shift, into, into + channels);
